@@ -1,0 +1,205 @@
+"""Every setting in one table: default, command-line flag, environment variable and help.
+
+The table is the single source of truth: ``--help``, the README configuration
+table and the environment lookup are all generated from ``OPTIONS``, so a
+setting cannot exist in one place and be missing from another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import ipaddress
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+ENV_PREFIX = "CALC_"
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"expected a boolean (true/false), got {text!r}")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError(f"port must be 0..65535, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
+def _networks(text: str) -> tuple[str, ...]:
+    """A comma list of addresses or CIDR blocks; ``*`` trusts every peer."""
+    items = tuple(part.strip() for part in text.split(",") if part.strip())
+    for item in items:
+        if item != "*":
+            ipaddress.ip_network(item, strict=False)
+    return items
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    name: str
+    default: Any
+    parse: Callable[[str], Any]
+    help: str
+    flag_only_true: bool = False  # a switch such as --no-access-log
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("host", "127.0.0.1", str, "Address to bind; 0.0.0.0 for every IPv4 interface, :: for IPv6."),
+    Option("port", 8000, _port, "TCP port to bind; 0 picks a free one (the ready line shows it)."),
+    Option("app", "server.calculator:app", str, "WSGI application to serve, as module:callable."),
+    Option("threads", 8, _positive_int, "Worker threads per process that run the application."),
+    Option("workers", 1, _positive_int,
+           "Processes; above 1 a master pre-forks them on one shared socket and replaces any that die."),
+    Option("backlog", 2048, _positive_int, "Listen backlog: connections the kernel queues before accept."),
+    Option("max_connections", 10000, _positive_int,
+           "Open connections per process; beyond it new ones get an immediate 503 and are closed."),
+    Option("keepalive_timeout", 75.0, _seconds,
+           "Seconds an idle keep-alive connection is kept open (above nginx's upstream 60 s)."),
+    Option("header_timeout", 10.0, _seconds,
+           "Seconds a client has to send a complete request head once it started one."),
+    Option("body_timeout", 30.0, _seconds, "Seconds the body may stall between two reads."),
+    Option("send_timeout", 30.0, _seconds,
+           "Seconds a response write may stall before the client is dropped (slow readers)."),
+    Option("graceful_timeout", 30.0, _seconds,
+           "Seconds in-flight requests get to finish after SIGTERM/SIGINT before the process exits."),
+    Option("max_request_line", 8190, _positive_int, "Longest request line in bytes (414 beyond)."),
+    Option("max_header_count", 100, _positive_int, "Most header fields in one request (431 beyond)."),
+    Option("max_header_size", 8190, _positive_int, "Longest single header field line in bytes (431 beyond)."),
+    Option("max_headers_total", 65536, _positive_int, "Most bytes in the whole request head (431 beyond)."),
+    Option("max_body_size", 1048576, _non_negative_int,
+           "Largest request body in bytes, Content-Length or chunked (413 beyond)."),
+    Option("max_chunk_ext", 1024, _positive_int, "Longest chunk-extension / chunk-size line in bytes."),
+    Option("max_pipeline", 32, _positive_int,
+           "Requests a client may queue on one connection before the server stops reading from it."),
+    Option("forwarded_allow_ips", ("127.0.0.1", "::1"), _networks,
+           "Peers (addresses or CIDR, * for any) whose X-Forwarded-For/-Proto are trusted."),
+    Option("access_log", True, _bool, "Write one access-log line per request to stdout.", flag_only_true=True),
+    Option("server_header", "calc-server", str, "Value of the Server response header; empty to omit it."),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Resolved settings; built by ``load`` or directly in tests."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    app: str = "server.calculator:app"
+    threads: int = 8
+    workers: int = 1
+    backlog: int = 2048
+    max_connections: int = 10000
+    keepalive_timeout: float = 75.0
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    send_timeout: float = 30.0
+    graceful_timeout: float = 30.0
+    max_request_line: int = 8190
+    max_header_count: int = 100
+    max_header_size: int = 8190
+    max_headers_total: int = 65536
+    max_body_size: int = 1048576
+    max_chunk_ext: int = 1024
+    max_pipeline: int = 32
+    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
+    access_log: bool = True
+    server_header: str = "calc-server"
+
+
+def _check_table() -> None:
+    fields = {f.name: f.default for f in dataclasses.fields(Settings)}
+    table = {o.name: o.default for o in OPTIONS}
+    if fields != table:  # pragma: no cover - guards edits to either side
+        raise RuntimeError(f"Settings and OPTIONS disagree: {fields} != {table}")
+
+
+_check_table()
+
+
+def _render_default(option: Option) -> str:
+    if isinstance(option.default, tuple):
+        return ",".join(option.default)
+    if isinstance(option.default, bool):
+        return "true" if option.default else "false"
+    return str(option.default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python3 -m server",
+        description="A threaded HTTP/1.1 WSGI server written from raw sockets; serves the calculator by default.",
+        epilog=f"Every option can also be set from the environment: {ENV_PREFIX}<NAME> "
+        f"(for example {ENV_PREFIX}PORT=8080, {ENV_PREFIX}ACCESS_LOG=false). Flags win over the environment.",
+    )
+    for option in OPTIONS:
+        help_text = f"{option.help} [env {option.env}, default {_render_default(option)}]"
+        if option.flag_only_true:
+            parser.add_argument(f"--no-{option.name.replace('_', '-')}", dest=option.name,
+                                action="store_const", const=False, default=None, help=help_text)
+        else:
+            parser.add_argument(option.flag, dest=option.name, type=option.parse,
+                                default=None, metavar=option.name.upper(), help=help_text)
+    return parser
+
+
+def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Defaults, overridden by the environment, overridden by flags."""
+    environ = os.environ if environ is None else environ
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        value = getattr(args, option.name)
+        if value is None and option.env in environ:
+            try:
+                value = option.parse(environ[option.env])
+            except ValueError as exc:
+                parser.error(f"{option.env}={environ[option.env]!r}: {exc}")
+        values[option.name] = option.default if value is None else value
+    return Settings(**values)
+
+
+def markdown_table() -> str:
+    """The README configuration table, generated so it never drifts."""
+    rows = ["| flag | environment | default | meaning |", "| --- | --- | --- | --- |"]
+    for option in OPTIONS:
+        flag = f"--no-{option.name.replace('_', '-')}" if option.flag_only_true else option.flag
+        rows.append(f"| `{flag}` | `{option.env}` | `{_render_default(option)}` | {option.help} |")
+    return "\n".join(rows)

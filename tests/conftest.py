@@ -1,0 +1,271 @@
+"""Shared fixtures: real server processes on loopback, raw sockets, tool checks.
+
+Every test that needs a server starts the real ``python3 -m server`` as a child
+process on a free port and waits for its ready line, never for a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+READY = re.compile(r"listening on http://(?P<host>\[[^\]]+\]|[^\s:]+):(?P<port>\d+)")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def require_tool(name: str, why: str) -> str:
+    """Path of a program; skip on a laptop without it, fail under CI=true."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed ({why})"
+        if IN_CI:
+            pytest.fail(message + "; .ci/run must install it")
+        pytest.skip(message)
+    return path
+
+
+@dataclass
+class ServerProcess:
+    """A running ``python3 -m server`` child and the lines it printed."""
+
+    proc: subprocess.Popen[str]
+    host: str
+    port: int
+    lines: list[str] = field(default_factory=list)
+    _reader: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for_line(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
+        """Wait until the server prints a line matching ``pattern``."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while time.monotonic() < deadline:
+            current = list(self.lines)
+            for line in current[seen:]:
+                match = regex.search(line)
+                if match:
+                    return match
+            seen = len(current)
+            if self.proc.poll() is not None and (self._reader is None or not self._reader.is_alive()):
+                break
+            time.sleep(0.01)
+        raise AssertionError(f"no line matching {pattern!r} within {timeout}s; output:\n{self.output()}")
+
+    def connect(self, timeout: float = 5.0) -> RawClient:
+        return RawClient.connect(self.address, timeout=timeout)
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        return self.proc.returncode
+
+
+def start_server(*args: str, env: dict[str, str] | None = None, timeout: float = 15.0,
+                 cwd: Path | None = None) -> ServerProcess:
+    """Start ``python3 -m server --port 0 ARGS`` and wait for its ready line."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CALC_")}
+    full_env["PYTHONUNBUFFERED"] = "1"
+    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), str(ROOT / "tests"),
+                                                           full_env.get("PYTHONPATH", "")]))
+    if env:
+        full_env.update(env)
+    cmd = [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", "0", *args]
+    proc = subprocess.Popen(cmd, cwd=cwd or ROOT, env=full_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+    server = ServerProcess(proc=proc, host="", port=0)
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            server.lines.append(line)
+
+    server._reader = threading.Thread(target=pump, daemon=True)
+    server._reader.start()
+    try:
+        match = server.wait_for_line(READY.pattern, timeout=timeout)
+    except AssertionError:
+        server.stop(timeout=5)
+        raise
+    server.host = match.group("host").strip("[]")
+    server.port = int(match.group("port"))
+    return server
+
+
+@pytest.fixture
+def server_factory() -> Iterator:
+    """Start servers with custom flags; all are stopped after the test."""
+    started: list[ServerProcess] = []
+
+    def factory(*args: str, **kwargs) -> ServerProcess:
+        server = start_server(*args, **kwargs)
+        started.append(server)
+        return server
+
+    yield factory
+    for server in started:
+        server.stop(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def calc_server() -> Iterator[ServerProcess]:
+    """One calculator server shared by the API tests (access log off to keep output small)."""
+    server = start_server("--no-access-log", "--threads", "8")
+    yield server
+    server.stop()
+
+
+class RawClient:
+    """A raw TCP client that reads HTTP responses with its own minimal parser.
+
+    Deliberately independent of the server's protocol code, so the tests do
+    not check the server with the server's own parser.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+
+    @classmethod
+    def connect(cls, address: tuple[str, int], timeout: float = 5.0) -> RawClient:
+        return cls(socket.create_connection(address, timeout=timeout))
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _fill(self) -> bool:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            return False
+        self.buffer += chunk
+        return True
+
+    def _need(self, what: str) -> None:
+        if not self._fill():
+            raise ConnectionError(f"connection closed {what}; got {self.buffer[:200]!r}")
+
+    def read_response(self, timeout: float = 5.0, head_request: bool = False
+                      ) -> tuple[int, dict[str, str], bytes]:
+        """One response: (status, headers with lower-case names, body)."""
+        self.sock.settimeout(timeout)
+        while b"\r\n\r\n" not in self.buffer:
+            self._need("before a full response head")
+        head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            key = name.strip().lower()
+            headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
+        if head_request or status in (204, 304) or 100 <= status < 200:
+            return status, headers, b""
+        if "content-length" in headers:
+            length = int(headers["content-length"])
+            while len(self.buffer) < length:
+                self._need("mid-body")
+            body, self.buffer = self.buffer[:length], self.buffer[length:]
+            return status, headers, body
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            return status, headers, self._read_chunked()
+        while self._fill():
+            pass
+        body, self.buffer = self.buffer, b""
+        return status, headers, body
+
+    def _read_chunked(self) -> bytes:
+        body = b""
+        while True:
+            while b"\r\n" not in self.buffer:
+                self._need("mid-chunk")
+            size_line, _, self.buffer = self.buffer.partition(b"\r\n")
+            size = int(size_line.split(b";")[0], 16)
+            if size == 0:
+                while not (self.buffer.startswith(b"\r\n") or b"\r\n\r\n" in self.buffer):
+                    self._need("in trailers")
+                if self.buffer.startswith(b"\r\n"):
+                    self.buffer = self.buffer[2:]
+                else:
+                    self.buffer = self.buffer.partition(b"\r\n\r\n")[2]
+                return body
+            while len(self.buffer) < size + 2:
+                self._need("mid-chunk")
+            body += self.buffer[:size]
+            self.buffer = self.buffer[size + 2:]
+
+    def request(self, data: bytes, timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
+        self.send(data)
+        return self.read_response(timeout=timeout, head_request=data.startswith(b"HEAD "))
+
+    def is_closed(self, timeout: float = 3.0) -> bool:
+        """True when the server closed the connection (EOF or reset) within ``timeout``."""
+        if self.buffer:
+            return False
+        self.sock.settimeout(timeout)
+        try:
+            return self.sock.recv(1) == b""
+        except ConnectionResetError:
+            return True
+        except TimeoutError:
+            return False
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+@pytest.fixture
+def raw(calc_server: ServerProcess) -> Iterator[RawClient]:
+    """A raw TCP connection to the shared calculator server."""
+    client = RawClient.connect(calc_server.address)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def raw_factory() -> Iterator:
+    """Open raw connections to any address; all closed after the test."""
+    opened: list[RawClient] = []
+
+    def factory(address: tuple[str, int], timeout: float = 5.0) -> RawClient:
+        client = RawClient.connect(address, timeout=timeout)
+        opened.append(client)
+        return client
+
+    yield factory
+    for client in opened:
+        client.close()
