@@ -1,0 +1,39 @@
+"""What the parser produces: one complete request, head and body."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class Request:
+    """A fully received request.
+
+    Header names are lower-case, values have surrounding whitespace removed;
+    both are ``str`` decoded as latin-1 so every byte survives (WSGI's rule).
+    ``path`` is still percent-encoded: decoding is the host layer's choice.
+    """
+
+    method: str
+    target: str
+    path: str
+    query: str
+    version: str  # "HTTP/1.1" or "HTTP/1.0", as the client spoke it
+    headers: list[tuple[str, str]]
+    host: str | None
+    scheme: str | None  # from an absolute-form target, else None
+    keep_alive: bool
+    expect_continue: bool
+    chunked: bool
+    body: bytes = b""
+
+    @property
+    def http11(self) -> bool:
+        return self.version == "HTTP/1.1"
+
+    def header(self, name: str) -> str | None:
+        """First value of a header (name in lower case), or None."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None

@@ -1,0 +1,409 @@
+"""Incremental HTTP/1.1 request parser (RFC 9112), strict where leniency enables smuggling.
+
+Feed it bytes in any split; ask it for complete requests. It keeps no socket
+and no clock, so the same bytes always give the same result however they
+arrive. Everything that frames the message (line endings, Content-Length,
+Transfer-Encoding, chunk sizes) is checked to the letter, because a proxy and
+this server reading one byte stream differently is how requests get smuggled.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+
+from .errors import ProtocolError
+from .events import Request
+from .limits import Limits
+
+_TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
+_REQUEST_LINE = re.compile(rb"(" + _TCHAR + rb"+) ([^\x00-\x20\x7f]+) HTTP/([0-9])\.([0-9])")
+_ANY_VERSION = re.compile(rb"\S+ \S+ HTTP/[0-9]+\.[0-9]+")
+# A field value may hold HTAB, SP, visible ASCII and obs-text; never other controls.
+_FIELD = re.compile(rb"(" + _TCHAR + rb"+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*)")
+_TOKEN = re.compile(_TCHAR + rb"+")
+_CHUNK_LINE = re.compile(
+    rb"([0-9A-Fa-f]{1,16})"
+    rb"(?:[ \t]*;[ \t]*" + _TCHAR + rb"+"
+    rb"(?:[ \t]*=[ \t]*(?:" + _TCHAR + rb"+|\"(?:[^\"\\\x00-\x08\x0a-\x1f\x7f]|\\[\t -~\x80-\xff])*\"))?)*"
+)
+_HOST = re.compile(rb"[A-Za-z0-9\-._~!$&'()*+,;=:\[\]%]*")
+_ABSOLUTE = re.compile(rb"([A-Za-z][A-Za-z0-9+\-.]*)://([^/?#]*)([^?#]*)(?:\?([^#]*))?")
+_BARE_EOL = re.compile(rb"\r(?!\n|\Z)|(?<!\r)\n")
+_KNOWN_CODINGS = frozenset({"gzip", "x-gzip", "deflate", "compress", "x-compress", "identity"})
+
+
+class Phase(enum.Enum):
+    """Where the parser is within the next request; the transport picks its timeout from this."""
+
+    IDLE = "idle"  # nothing of a next request received yet
+    HEAD = "head"  # part of a request head received
+    BODY = "body"  # head complete, body still arriving
+
+
+class _State(enum.Enum):
+    HEAD = 0
+    LENGTH_BODY = 1
+    CHUNK_SIZE = 2
+    CHUNK_DATA = 3
+    CHUNK_DATA_END = 4
+    TRAILERS = 5
+
+
+class RequestParser:
+    """Turns a byte stream into ``Request`` objects, one complete request at a time."""
+
+    __slots__ = ("_body", "_buf", "_continue_due", "_empty_lines", "_limits", "_pending", "_remaining",
+                 "_scan_from", "_state", "_trailer_bytes", "_trailer_count")
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self._limits = limits or Limits()
+        self._buf = bytearray()
+        self._scan_from = 0
+        self._state = _State.HEAD
+        self._pending: Request | None = None
+        self._body = bytearray()
+        self._remaining = 0
+        self._continue_due = False
+        self._empty_lines = 0
+        self._trailer_bytes = 0
+        self._trailer_count = 0
+
+    # -- input -----------------------------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    def feed_eof(self) -> None:
+        """The peer closed its side; a half-received request is an error, an idle stream is not."""
+        if self.phase is not Phase.IDLE:
+            where = "head" if self._state is _State.HEAD else "body"
+            raise ProtocolError(400, f"connection closed before the request {where} was complete")
+
+    # -- state -----------------------------------------------------------------------------------------
+
+    @property
+    def phase(self) -> Phase:
+        if self._state is _State.HEAD:
+            return Phase.HEAD if self._buf.strip(b"\r\n") else Phase.IDLE
+        return Phase.BODY
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet consumed (pipelined requests, partial heads)."""
+        return len(self._buf)
+
+    def take_continue(self) -> bool:
+        """True once when the client asked for ``100 Continue`` and its body is still to come."""
+        if self._continue_due and self._state is not _State.HEAD:
+            self._continue_due = False
+            return True
+        return False
+
+    # -- parsing ---------------------------------------------------------------------------------------
+
+    def next_request(self) -> Request | None:
+        """The next complete request, or None until more bytes arrive.
+
+        Raises ProtocolError for anything malformed; the parser must not be
+        used after that, the stream has lost its framing.
+        """
+        if self._state is _State.HEAD:
+            request = self._parse_head()
+            if request is None:
+                return None
+        else:
+            request = self._pending
+            assert request is not None
+        if self._state is _State.LENGTH_BODY:
+            if not self._read_length_body():
+                return None
+        elif self._state is not _State.HEAD and not self._read_chunked_body():
+            return None
+        if self._state is not _State.HEAD:
+            request.body = bytes(self._body)
+            self._body = bytearray()
+            self._state = _State.HEAD
+        self._pending = None
+        self._continue_due = False
+        return request
+
+    def _parse_head(self) -> Request | None:
+        buf = self._buf
+        limits = self._limits
+        while buf[:2] == b"\r\n":  # RFC 9112 2.2: tolerate a few empty lines between requests
+            del buf[:2]
+            self._empty_lines += 1
+            if self._empty_lines > limits.max_leading_empty_lines:
+                raise ProtocolError(400, "too many empty lines before the request line")
+        end = buf.find(b"\r\n\r\n", max(0, self._scan_from - 3))
+        if end < 0:
+            self._check_incomplete_head()
+            self._scan_from = len(buf)
+            return None
+        head = bytes(buf[:end])
+        del buf[: end + 4]
+        self._scan_from = 0
+        self._empty_lines = 0
+        if len(head) > limits.max_headers_total:
+            raise ProtocolError(431, f"request head is larger than {limits.max_headers_total} bytes")
+        lines = head.split(b"\r\n")
+        return self._interpret(lines)
+
+    def _check_incomplete_head(self) -> None:
+        """Reject early what can never become a valid head, instead of waiting for a timeout."""
+        buf = self._buf
+        limits = self._limits
+        line_end = buf.find(b"\r\n")
+        if (line_end < 0 and len(buf) > limits.max_request_line) or line_end > limits.max_request_line:
+            raise ProtocolError(414, f"request line is longer than {limits.max_request_line} bytes")
+        if len(buf) > limits.max_headers_total:
+            raise ProtocolError(431, f"request head is larger than {limits.max_headers_total} bytes")
+        if _BARE_EOL.search(buf):
+            raise ProtocolError(400, "lines must end with CRLF; a bare CR or LF was received")
+        last_eol = buf.rfind(b"\r\n")
+        if line_end >= 0 and len(buf) - last_eol - 2 > limits.max_header_size:
+            raise ProtocolError(431, f"a header field is longer than {limits.max_header_size} bytes")
+
+    def _interpret(self, lines: list[bytes]) -> Request:
+        limits = self._limits
+        line = lines[0]
+        if len(line) > limits.max_request_line:
+            raise ProtocolError(414, f"request line is longer than {limits.max_request_line} bytes")
+        match = _REQUEST_LINE.fullmatch(line)
+        if match is None:
+            raise _request_line_error(line)
+        method_b, target_b, major, minor = match.groups()
+        if major != b"1":
+            raise ProtocolError(505, f"HTTP/{major.decode()}.{minor.decode()} is not supported; use HTTP/1.1")
+        http11 = minor != b"0"
+        if len(lines) - 1 > limits.max_header_count:
+            raise ProtocolError(431, f"more than {limits.max_header_count} header fields")
+
+        headers: list[tuple[str, str]] = []
+        host: str | None = None
+        host_count = 0
+        lengths: list[bytes] = []
+        codings: list[str] = []
+        close = keep_alive_token = expect_continue = False
+        max_field = limits.max_header_size
+        for raw in lines[1:]:
+            if len(raw) > max_field:
+                raise ProtocolError(431, f"a header field is longer than {max_field} bytes")
+            field = _FIELD.fullmatch(raw)
+            if field is None:
+                raise _field_error(raw)
+            name = field.group(1).decode("ascii").lower()
+            value_b = field.group(2).rstrip(b" \t")
+            value = value_b.decode("latin-1")
+            headers.append((name, value))
+            if name == "host":
+                host_count += 1
+                if not _HOST.fullmatch(value_b):
+                    raise ProtocolError(400, "Host header holds characters not allowed in a host name")
+                host = value
+            elif name == "content-length":
+                lengths.append(value_b)
+            elif name == "transfer-encoding":
+                codings.extend(c.strip().lower() for c in value.split(","))
+            elif name == "connection":
+                for token in value.lower().split(","):
+                    token = token.strip()
+                    if token == "close":
+                        close = True
+                    elif token == "keep-alive":
+                        keep_alive_token = True
+            elif name == "expect":
+                if value.lower() != "100-continue":
+                    raise ProtocolError(417, f"unsupported expectation {value!r}; only 100-continue is known")
+                expect_continue = http11
+
+        if host_count > 1:
+            raise ProtocolError(400, "more than one Host header")
+        if http11 and host_count == 0:
+            raise ProtocolError(400, "HTTP/1.1 requests must carry a Host header")
+
+        method = method_b.decode("ascii")
+        if method == "CONNECT":
+            raise ProtocolError(501, "CONNECT tunnels are not supported by this server")
+        target = target_b.decode("latin-1")
+        scheme: str | None = None
+        if target_b[:1] == b"/":
+            path, _, query = target.partition("?")
+            if "#" in target:
+                raise ProtocolError(400, "a request target must not contain a fragment (#)")
+        elif target_b == b"*":
+            if method != "OPTIONS":
+                raise ProtocolError(400, "the asterisk target '*' is only allowed with OPTIONS")
+            path, query = "*", ""
+        else:
+            absolute = _ABSOLUTE.fullmatch(target_b)
+            if absolute is None:
+                raise ProtocolError(400, "request target must be a path starting with '/' or an absolute http URL")
+            scheme_b, authority, path_b, query_b = absolute.groups()
+            scheme = scheme_b.decode("ascii").lower()
+            if scheme not in ("http", "https"):
+                raise ProtocolError(400, f"unsupported URL scheme {scheme!r} in request target")
+            if not authority or "@" in authority.decode("latin-1") or not _HOST.fullmatch(authority):
+                raise ProtocolError(400, "absolute-form target needs a valid host")
+            host = authority.decode("latin-1")  # RFC 9112 3.2.2: the target's authority wins over Host
+            path = path_b.decode("latin-1") or "/"
+            query = (query_b or b"").decode("latin-1")
+
+        chunked = False
+        length = 0
+        if codings:
+            if not http11:
+                raise ProtocolError(400, "Transfer-Encoding is not allowed in an HTTP/1.0 request")
+            if lengths:
+                raise ProtocolError(400, "Content-Length and Transfer-Encoding must not both be sent")
+            codings = [c for c in codings if c]
+            _check_codings(codings)
+            chunked = True
+        elif lengths:
+            if len(lengths) > 1:
+                raise ProtocolError(400, "more than one Content-Length header")
+            raw_length = lengths[0]
+            if not raw_length.isdigit() or not raw_length.isascii():
+                raise ProtocolError(400, f"Content-Length must be decimal digits, got {raw_length.decode('latin-1')!r}")
+            if len(raw_length) > 18 or int(raw_length) > limits.max_body_size:
+                raise ProtocolError(413, f"request body is larger than {limits.max_body_size} bytes")
+            length = int(raw_length)
+
+        keep_alive = not close if http11 else (keep_alive_token and not close)
+        request = Request(method=method, target=target, path=path, query=query,
+                          version="HTTP/1.1" if http11 else "HTTP/1.0", headers=headers, host=host,
+                          scheme=scheme, keep_alive=keep_alive, expect_continue=expect_continue, chunked=chunked)
+        if chunked:
+            self._state = _State.CHUNK_SIZE
+            self._trailer_bytes = self._trailer_count = 0
+        elif length:
+            self._state = _State.LENGTH_BODY
+            self._remaining = length
+        if self._state is not _State.HEAD:
+            self._pending = request
+            self._continue_due = expect_continue
+        return request
+
+    def _read_length_body(self) -> bool:
+        buf = self._buf
+        take = min(self._remaining, len(buf))
+        if take:
+            self._body += buf[:take]
+            del buf[:take]
+            self._remaining -= take
+        return self._remaining == 0
+
+    def _read_chunked_body(self) -> bool:
+        buf = self._buf
+        limits = self._limits
+        while True:
+            state = self._state
+            if state is _State.CHUNK_SIZE:
+                end = buf.find(b"\r\n")
+                if end < 0:
+                    if len(buf) > limits.max_chunk_ext:
+                        raise ProtocolError(400, f"chunk size line is longer than {limits.max_chunk_ext} bytes")
+                    if b"\n" in buf or b"\r" in buf[:-1]:
+                        raise ProtocolError(400, "chunk size line must end with CRLF")
+                    return False
+                if end > limits.max_chunk_ext:
+                    raise ProtocolError(400, f"chunk size line is longer than {limits.max_chunk_ext} bytes")
+                line = bytes(buf[:end])
+                del buf[: end + 2]
+                match = _CHUNK_LINE.fullmatch(line)
+                if match is None:
+                    raise ProtocolError(400, f"invalid chunk size line {line[:40].decode('latin-1')!r}; "
+                                             "expected hex digits and optional extensions")
+                size = int(match.group(1), 16)
+                if len(self._body) + size > limits.max_body_size:
+                    raise ProtocolError(413, f"request body is larger than {limits.max_body_size} bytes")
+                if size == 0:
+                    self._state = _State.TRAILERS
+                else:
+                    self._remaining = size
+                    self._state = _State.CHUNK_DATA
+            elif state is _State.CHUNK_DATA:
+                if not self._read_length_body():
+                    return False
+                self._state = _State.CHUNK_DATA_END
+            elif state is _State.CHUNK_DATA_END:
+                if len(buf) < 2:
+                    if buf and buf[0] != 0x0D:
+                        raise ProtocolError(400, "chunk data must be followed by CRLF")
+                    return False
+                if buf[:2] != b"\r\n":
+                    raise ProtocolError(400, "chunk data must be followed by CRLF (chunk longer than its size?)")
+                del buf[:2]
+                self._state = _State.CHUNK_SIZE
+            else:  # trailers: validated for framing, then dropped
+                end = buf.find(b"\r\n")
+                if end < 0:
+                    if len(buf) > limits.max_header_size:
+                        raise ProtocolError(431, f"a trailer field is longer than {limits.max_header_size} bytes")
+                    if b"\n" in buf or b"\r" in buf[:-1]:
+                        raise ProtocolError(400, "trailer lines must end with CRLF")
+                    return False
+                line = bytes(buf[:end])
+                del buf[: end + 2]
+                if not line:
+                    return True
+                self._trailer_count += 1
+                self._trailer_bytes += end
+                if self._trailer_count > limits.max_header_count or self._trailer_bytes > limits.max_headers_total:
+                    raise ProtocolError(431, "too many or too large trailer fields")
+                if end > limits.max_header_size:
+                    raise ProtocolError(431, f"a trailer field is longer than {limits.max_header_size} bytes")
+                if _FIELD.fullmatch(line) is None:
+                    raise _field_error(line, kind="trailer")
+
+
+def _check_codings(codings: list[str]) -> None:
+    """RFC 9112 6.1 and 6.3: chunked must be last and only once; other codings we cannot decode."""
+    if not codings:
+        raise ProtocolError(400, "empty Transfer-Encoding header")
+    for coding in codings:
+        name = coding.split(";", 1)[0].strip()
+        if not _TOKEN.fullmatch(name.encode("latin-1")):
+            raise ProtocolError(400, f"invalid transfer coding {coding!r}")
+    if codings[-1] != "chunked":
+        last = codings[-1].split(";", 1)[0].strip()
+        if last in _KNOWN_CODINGS:
+            raise ProtocolError(400, "the final transfer coding of a request must be chunked")
+        raise ProtocolError(501, f"transfer coding {last!r} is not implemented")
+    if codings.count("chunked") > 1:
+        raise ProtocolError(400, "chunked must not be applied more than once")
+    for coding in codings[:-1]:
+        raise ProtocolError(501, f"transfer coding {coding.split(';', 1)[0].strip()!r} is not implemented")
+
+
+def _request_line_error(line: bytes) -> ProtocolError:
+    """Name the exact problem with a request line, so clients can fix it."""
+    if _ANY_VERSION.fullmatch(line):
+        version = line.rsplit(b" ", 1)[1].decode("ascii", "replace")
+        if not version.startswith("HTTP/1."):
+            return ProtocolError(505, f"{version} is not supported; use HTTP/1.1")
+    parts = line.split(b" ")
+    if len(parts) != 3:
+        if b"\n" in line or b"\r" in line:
+            return ProtocolError(400, "lines must end with CRLF; a bare CR or LF was received")
+        return ProtocolError(400, "request line must be 'METHOD target HTTP/1.1' with single spaces")
+    method, target, version = parts
+    if not _TOKEN.fullmatch(method):
+        return ProtocolError(400, "invalid characters in the request method")
+    if not target or any(b <= 0x20 or b == 0x7F for b in target):
+        return ProtocolError(400, "invalid characters in the request target")
+    return ProtocolError(400, f"malformed HTTP version {version[:20].decode('latin-1')!r}")
+
+
+def _field_error(raw: bytes, kind: str = "header") -> ProtocolError:
+    if raw[:1] in (b" ", b"\t"):
+        return ProtocolError(400, f"obsolete line folding in a {kind} is not accepted")
+    name, colon, _ = raw.partition(b":")
+    if not colon:
+        return ProtocolError(400, f"{kind} line without a colon")
+    if name != name.rstrip(b" \t"):
+        return ProtocolError(400, f"whitespace between a {kind} name and its colon is not allowed")
+    if not _TOKEN.fullmatch(name):
+        return ProtocolError(400, f"invalid characters in a {kind} name")
+    return ProtocolError(400, f"invalid control characters in the value of {kind} {name[:40].decode('latin-1')!r}")

@@ -1,0 +1,1 @@
+"""Sockets, threads, readiness polling, processes and signals: everything that does I/O."""

@@ -1,0 +1,102 @@
+"""Readiness polling where a connection is armed for exactly one wake-up at a time.
+
+One-shot arming is what lets worker threads hand a connection back to the
+event loop without locks: the loop never sees a connection a worker owns, and
+re-arming is a single thread-safe system call (epoll_ctl) from the worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import selectors
+import threading
+
+
+class EpollPoller:
+    """Linux: EPOLLONESHOT for connections, level-triggered for the listener and wake-up pipe."""
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._oneshot = select.EPOLLIN | select.EPOLLONESHOT | select.EPOLLRDHUP
+
+    def watch(self, fd: int, exclusive: bool = False) -> None:
+        """Level-triggered, always armed (listening socket, wake-up pipe)."""
+        flags = select.EPOLLIN
+        if exclusive and hasattr(select, "EPOLLEXCLUSIVE"):
+            flags |= select.EPOLLEXCLUSIVE  # one process woken per connection, not the whole herd
+        self._epoll.register(fd, flags)
+
+    def add(self, fd: int) -> None:
+        self._epoll.register(fd, self._oneshot)
+
+    def rearm(self, fd: int) -> None:
+        self._epoll.modify(fd, self._oneshot)
+
+    def remove(self, fd: int) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._epoll.unregister(fd)
+
+    def poll(self, timeout: float) -> list[tuple[int, int]]:
+        return self._epoll.poll(timeout)
+
+    def close(self) -> None:
+        self._epoll.close()
+
+
+class SelectorPoller:
+    """Portable fallback: re-arm requests are queued and the loop is woken to apply them."""
+
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._lock = threading.Lock()
+        self._pending: list[int] = []
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
+        self._watched: set[int] = set()
+
+    def watch(self, fd: int, exclusive: bool = False) -> None:
+        self._watched.add(fd)
+        self._selector.register(fd, selectors.EVENT_READ)
+
+    def add(self, fd: int) -> None:
+        self._selector.register(fd, selectors.EVENT_READ)
+
+    def rearm(self, fd: int) -> None:
+        with self._lock:
+            self._pending.append(fd)
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"\0")
+
+    def remove(self, fd: int) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(fd)
+
+    def poll(self, timeout: float) -> list[tuple[int, int]]:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for fd in pending:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self._selector.register(fd, selectors.EVENT_READ)
+        ready = []
+        for key, _ in self._selector.select(timeout):
+            fd = key.fd
+            if fd == self._wake_r:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 4096)
+                continue
+            if fd not in self._watched:
+                self._selector.unregister(fd)  # one-shot: the owner re-arms it
+            ready.append((fd, select.POLLIN))
+        return ready
+
+    def close(self) -> None:
+        self._selector.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+
+Poller = EpollPoller if hasattr(select, "epoll") else SelectorPoller

@@ -1,0 +1,37 @@
+"""One serving process: the event loop, its worker pool and the application, until a stop signal."""
+
+from __future__ import annotations
+
+import signal
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from ..accesslog import AccessLog
+from ..config import Settings
+from ..wsgi import WSGIRunner
+from ..wsgi.environ import EnvironBuilder
+from ..wsgi.proxy import TrustedProxies
+from .reactor import Reactor, make_signal_handler
+
+
+def serve(listener: socket.socket, app: Callable[..., Any], settings: Settings, *, multiprocess: bool,
+          on_ready: Callable[[], None] | None = None) -> int:
+    """Serve until SIGTERM/SIGINT, then shut down gracefully; returns the exit status."""
+    access_log = AccessLog() if settings.access_log else None
+    host, port = listener.getsockname()[:2]
+    environ = EnvironBuilder(server_name=host, server_port=port,
+                             proxies=TrustedProxies(settings.forwarded_allow_ips), multiprocess=multiprocess)
+    runner = WSGIRunner(app, environ, server_header=settings.server_header, access_log=access_log)
+    reactor = Reactor(listener, runner, settings, access_log, exclusive_accept=multiprocess)
+    handler = make_signal_handler(reactor)
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    if on_ready is not None:
+        on_ready()
+    try:
+        reactor.run()
+    finally:
+        if access_log is not None:
+            access_log.close()
+    return 0

@@ -1,0 +1,191 @@
+"""Run one request through a WSGI application and send its response.
+
+Implements start_response (with the exc_info rules), the legacy write()
+callable, iteration with close(), and Content-Length enforcement. Sending is
+delegated to a ``send`` callable, so this module never touches a socket.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..accesslog import AccessLog
+from ..protocol import Request, ResponsePlan, plan_response
+from ..protocol.writer import LAST_CHUNK, chunk, error_response, http_date
+from .environ import EnvironBuilder
+
+Send = Callable[[bytes], None]
+
+
+class DateCache:
+    """The Date header changes once a second; formatting it per request would be waste."""
+
+    __slots__ = ("_second", "_value")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = ""
+
+    def now(self) -> str:
+        second = int(time.time())
+        if second != self._second:
+            self._value = http_date(second)
+            self._second = second
+        return self._value
+
+
+class ResponseAborted(Exception):
+    """The response could not be completed; the connection must be closed."""
+
+
+class _Exchange:
+    """The state of one request/response pair as the application drives it."""
+
+    __slots__ = ("bytes_sent", "headers", "keep_alive", "plan", "request", "runner", "send", "status")
+
+    def __init__(self, runner: WSGIRunner, request: Request, send: Send, keep_alive: bool) -> None:
+        self.runner = runner
+        self.request = request
+        self.send = send
+        self.keep_alive = keep_alive
+        self.status: str | None = None
+        self.headers: list[tuple[str, str]] = []
+        self.plan: ResponsePlan | None = None
+        self.bytes_sent = 0
+
+    def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable:
+        if exc_info is not None:
+            try:
+                if self.plan is not None:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.status is not None:
+            raise AssertionError("start_response called a second time without exc_info")
+        if not isinstance(status, str) or len(status) < 4 or not status[:3].isdigit() or status[3] != " ":
+            raise ValueError(f"WSGI status must look like '200 OK', got {status!r}")
+        if not isinstance(headers, list) or not all(
+            isinstance(h, tuple) and len(h) == 2 and isinstance(h[0], str) and isinstance(h[1], str)
+            for h in headers
+        ):
+            raise TypeError("WSGI headers must be a list of (str, str) tuples")
+        self.status = status
+        self.headers = headers
+        return self.write
+
+    def begin(self, length_hint: int | None) -> ResponsePlan:
+        if self.status is None:
+            raise AssertionError("the application returned without calling start_response")
+        request = self.request
+        runner = self.runner
+        self.plan = plan_response(status=self.status, headers=self.headers, http11=request.http11,
+                                  head_only=request.method == "HEAD", keep_alive=self.keep_alive,
+                                  length_hint=length_hint, date=runner.dates.now(), server=runner.server_header)
+        return self.plan
+
+    def write(self, data: bytes) -> None:
+        """Body bytes, either from the legacy write() callable or from the iterable."""
+        if not isinstance(data, bytes | bytearray):
+            raise TypeError(f"WSGI body data must be bytes, got {type(data).__name__}")
+        plan = self.plan
+        head = b""
+        if plan is None:
+            plan = self.begin(None)
+            head = plan.head
+        if not plan.send_body or not data:
+            if head:
+                self.send(head)
+            return
+        if plan.content_length is not None:
+            room = plan.content_length - self.bytes_sent
+            if len(data) > room:
+                data = data[:room]
+                self.keep_alive = plan.keep_alive = False
+                print(f"wsgi: application sent more than its Content-Length of {plan.content_length}; "
+                      "body truncated and connection closed", file=sys.stderr)
+            self.bytes_sent += len(data)
+            self.send(head + data)
+        else:
+            self.bytes_sent += len(data)
+            self.send(head + chunk(data) if plan.chunked else head + data)
+
+    def finish(self) -> None:
+        plan = self.plan
+        if plan is None:
+            plan = self.begin(0)
+            self.send(plan.head)
+        if plan.chunked:
+            self.send(LAST_CHUNK)
+        elif plan.send_body and plan.content_length is not None and self.bytes_sent < plan.content_length:
+            raise ResponseAborted(f"application sent {self.bytes_sent} of its declared "
+                                  f"{plan.content_length} bytes")
+
+
+class WSGIRunner:
+    """Everything needed to answer requests with one application."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], environ: EnvironBuilder, *,
+                 server_header: str, access_log: AccessLog | None) -> None:
+        self.app = app
+        self.environ = environ
+        self.server_header = server_header
+        self.access_log = access_log
+        self.dates = DateCache()
+
+    def run(self, request: Request, peer: tuple[str, int], send: Send, keep_alive: bool) -> bool:
+        """Answer one request; True when the connection may carry another.
+
+        Raises OSError when sending fails (the client went away).
+        """
+        started = time.perf_counter()
+        exchange = _Exchange(self, request, send, keep_alive)
+        env = self.environ.build(request, peer)
+        status = 500
+        try:
+            self._call(env, exchange)
+            status = int(exchange.status[:3]) if exchange.status else 500
+            keep = exchange.keep_alive and exchange.plan is not None and exchange.plan.keep_alive
+        except ResponseAborted as exc:
+            print(f"wsgi: {request.method} {request.target}: {exc}; closing the connection", file=sys.stderr)
+            keep = False
+        except OSError:
+            raise
+        except Exception:
+            traceback.print_exc(file=sys.stderr)
+            keep = False
+            if exchange.plan is None:
+                status = 500
+                send(error_response(500, "the application failed; the error is in the server log",
+                                    date=self.dates.now(), server=self.server_header))
+        if self.access_log is not None:
+            self.access_log.log(env["REMOTE_ADDR"], request.method, request.target, request.version, status,
+                                exchange.bytes_sent, time.perf_counter() - started, request.header("referer"),
+                                request.header("user-agent"), request.header("x-request-id"))
+        return keep
+
+    def _call(self, env: dict[str, Any], exchange: _Exchange) -> None:
+        result = self.app(env, exchange.start_response)
+        try:
+            if type(result) is list and exchange.plan is None and exchange.status is not None:
+                # The common case: the whole body is known, so send head and body in one write.
+                body = b"".join(result)
+                plan = exchange.begin(len(body))
+                if plan.send_body and body:
+                    exchange.bytes_sent = len(body)
+                    exchange.send(plan.head + body)
+                else:
+                    exchange.send(plan.head)
+                return
+            if exchange.request.method != "HEAD":
+                for data in result:
+                    if data:
+                        exchange.write(data)
+            exchange.finish()
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
