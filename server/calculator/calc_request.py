@@ -1,0 +1,177 @@
+"""Decoding and validating the ``POST /calc`` JSON body into (op, arg1, arg2).
+
+``json.loads`` is lenient where a calculator must not be: it accepts NaN and Infinity, lets a
+duplicate key silently win, turns numbers into floats (0.1 + 0.2 != 0.3) and hands long integers
+to ``int()``. The decoder below replaces each of those behaviours with a hook.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from urllib.parse import quote
+
+from . import arithmetic
+from .arithmetic import NonFiniteNumber, OperandError, OutOfRange
+from .problems import Problem, shown
+
+FIELDS = ("op", "arg1", "arg2")
+EXAMPLE = '{"op": "add", "arg1": 2, "arg2": 3}'
+_FIELD_SET = frozenset(FIELDS)
+_ALLOWED_OPS = list(arithmetic.OPERATIONS)
+
+
+class Rejected:
+    """A number the decoder refused, kept until validation knows which field it belongs to."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: OperandError) -> None:
+        self.error = error
+
+
+class DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _number(text: str) -> Decimal | Rejected:
+    # The decoder gives the number's exact JSON text; it is checked against the bound before any
+    # conversion, so 1e999999999 or 16 KiB of digits cost no more than their length.
+    try:
+        return arithmetic.bounded_decimal(text)
+    except OperandError as error:
+        return Rejected(error)
+
+
+def _constant(name: str) -> Rejected:
+    return Rejected(NonFiniteNumber(f"is the JSON literal {name}, which RFC 8259 does not allow; "
+                                    "only finite numbers are accepted"))
+
+
+def _object(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKey(key)
+            seen.add(key)
+    return result
+
+
+_DECODER = json.JSONDecoder(parse_float=_number, parse_int=_number, parse_constant=_constant,
+                            object_pairs_hook=_object)
+
+
+def parse_calc_request(body: bytes) -> tuple[str, Decimal, Decimal]:
+    """The validated operation name and operands, or a ``Problem`` naming what to fix."""
+    if not body:
+        raise Problem("empty-body", f"The body is empty; send a JSON object such as {EXAMPLE}.")
+    document = _decode(body)
+    if type(document) is not dict:
+        raise Problem("not-an-object",
+                      f"The body is {_describe(document)}, not a JSON object; send one such as {EXAMPLE}.",
+                      pointer="#")
+    if len(document) != 3 or document.keys() != _FIELD_SET:
+        _check_fields(document)
+    op = document["op"]
+    if type(op) is not str:
+        raise Problem("wrong-type", f"op must be a string naming the operation, one of {_listed()}; "
+                      f"got {_describe(op)}.", pointer=_pointer("op"), allowed=_ALLOWED_OPS)
+    if op not in arithmetic.OPERATIONS:
+        raise Problem("unknown-operation", f"op {_quoted(op)} is not an operation; use one of {_listed()}.",
+                      pointer=_pointer("op"), received=shown(op), allowed=_ALLOWED_OPS)
+    return op, _operand(document, "arg1"), _operand(document, "arg2")
+
+
+def _decode(body: bytes) -> object:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise Problem("invalid-utf8",
+                      f"The body is not UTF-8: byte {error.object[error.start]:#04x} at offset {error.start} "
+                      f"({error.reason}). Encode the JSON as UTF-8.", position=error.start) from None
+    try:
+        return _DECODER.decode(text)
+    except json.JSONDecodeError as error:
+        raise Problem("malformed-json",
+                      f"The body is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno} "
+                      f"(character {error.pos}).", line=error.lineno, column=error.colno, position=error.pos) from None
+    except DuplicateKey as error:
+        raise Problem("duplicate-key",
+                      f"The key {_quoted(error.key)} appears more than once in an object; give each field once.",
+                      key=shown(error.key)) from None
+    except RecursionError:
+        raise Problem("nesting-too-deep",
+                      "The body nests arrays or objects too deeply to parse; send one flat object "
+                      '{"op": ..., "arg1": ..., "arg2": ...}.') from None
+
+
+def _check_fields(document: dict[str, object]) -> None:
+    unknown = [key for key in document if key not in _FIELD_SET]
+    missing = [name for name in FIELDS if name not in document]
+    if unknown:
+        names = ", ".join(_quoted(key) for key in unknown[:10])
+        hint = f" ({', '.join(missing)} missing)" if missing else ""
+        raise Problem("unknown-field",
+                      f"Unknown field{'s' if len(unknown) > 1 else ''} {names}; the object takes exactly "
+                      f"op, arg1 and arg2{hint}.",
+                      pointer=_pointer(unknown[0]), unknown=[shown(key) for key in unknown[:10]],
+                      allowed=list(FIELDS))
+    raise Problem("missing-field",
+                  f"Missing field{'s' if len(missing) > 1 else ''} {', '.join(missing)}; the object takes "
+                  f"exactly op, arg1 and arg2, as in {EXAMPLE}.",
+                  pointer="#", missing=missing)
+
+
+def _operand(document: dict[str, object], name: str) -> Decimal:
+    value = document[name]
+    if type(value) is Decimal:
+        return value
+    if type(value) is Rejected:
+        error = value.error
+        slug = "operand-out-of-range" if isinstance(error, OutOfRange) else "non-finite-number"
+        raise Problem(slug, f"{name} {error.reason}.", pointer=_pointer(name))
+    if type(value) is str:
+        try:
+            arithmetic.parse_operand(value)
+        except OperandError:
+            detail = f"{name} must be a JSON number; got the string {_quoted(value)}."
+        else:
+            detail = f"{name} must be a JSON number, not a string: write {shown(value)} instead of {_quoted(value)}."
+        raise Problem("wrong-type", detail, pointer=_pointer(name), received=shown(value))
+    raise Problem("wrong-type", f"{name} must be a JSON number; got {_describe(value)}.", pointer=_pointer(name))
+
+
+def _describe(value: object) -> str:
+    """A JSON value named the way the client wrote it."""
+    if value is True or value is False:
+        return f"the boolean {'true' if value else 'false'}"
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return f"the string {_quoted(value)}"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, Rejected):
+        return "a number outside the accepted range" if isinstance(value.error, OutOfRange) else "NaN or Infinity"
+    return f"the number {arithmetic.to_plain(value)}" if isinstance(value, Decimal) else "a JSON value"
+
+
+def _listed() -> str:
+    return ", ".join(_ALLOWED_OPS)
+
+
+def _quoted(text: str) -> str:
+    """Client text as a JSON string literal, the way it appeared in the body (shortened if long)."""
+    return json.dumps(shown(text))
+
+
+def _pointer(key: str) -> str:
+    """The RFC 6901 JSON pointer to a top-level member, in URI-fragment form as in RFC 9457's examples."""
+    token = key.replace("~", "~0").replace("/", "~1")
+    return "#/" + quote(token, safe="~!$&'()*+,;=:@")
