@@ -1,0 +1,120 @@
+"""Small WSGI applications the tests serve with ``--app apps:NAME`` (tests/ is on PYTHONPATH)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from wsgiref.validate import validator
+
+
+def echo(environ, start_response):
+    """Reports what the server put in the environ, and the body it received."""
+    body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+    info = {
+        "method": environ["REQUEST_METHOD"],
+        "path": environ["PATH_INFO"],
+        "script_name": environ["SCRIPT_NAME"],
+        "query": environ["QUERY_STRING"],
+        "protocol": environ["SERVER_PROTOCOL"],
+        "remote_addr": environ["REMOTE_ADDR"],
+        "scheme": environ["wsgi.url_scheme"],
+        "content_length": environ.get("CONTENT_LENGTH"),
+        "content_type": environ.get("CONTENT_TYPE"),
+        "host": environ.get("HTTP_HOST"),
+        "headers": {k: v for k, v in environ.items() if k.startswith("HTTP_")},
+        "body": body.decode("latin-1"),
+        "pid": os.getpid(),
+    }
+    data = json.dumps(info).encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+    return [data]
+
+
+def streaming(environ, start_response):
+    """No Content-Length and a generator body: the server must chunk it (HTTP/1.1)."""
+    start_response("200 OK", [("Content-Type", "text/plain")])
+
+    def parts():
+        for i in range(5):
+            yield f"part{i};".encode()
+        yield b""  # empty items must not end a chunked body early
+
+    return parts()
+
+
+def legacy_write(environ, start_response):
+    """The pre-iterator write() callable, mixed with an iterable."""
+    write = start_response("200 OK", [("Content-Type", "text/plain")])
+    write(b"written;")
+    return [b"returned"]
+
+
+class _ClosingBody:
+    closed_log = "/tmp/calc-server-closed.log"
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+
+    def __iter__(self):
+        return iter(self.chunks)
+
+    def close(self) -> None:
+        with open(os.environ.get("CLOSE_LOG", self.closed_log), "a") as fh:
+            fh.write("closed\n")
+
+
+def closing(environ, start_response):
+    """An iterable with close(): the server must call it (PEP 3333)."""
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+    return _ClosingBody([b"ab", b"cde"])
+
+
+def crash(environ, start_response):
+    """Raises before start_response: the client gets a 500, the log gets the traceback."""
+    raise RuntimeError("boom: deliberate failure in the test app")
+
+
+def crash_after_start(environ, start_response):
+    """Uses exc_info the way frameworks do to replace the response before anything is sent."""
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    try:
+        raise ValueError("late failure")
+    except ValueError:
+        start_response("503 Service Unavailable", [("Content-Type", "text/plain")], sys.exc_info())
+    return [b"replaced"]
+
+
+def short_body(environ, start_response):
+    """Declares more bytes than it sends: the server must not keep the connection."""
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "100")])
+    return iter([b"only ten b"])
+
+
+def slow(environ, start_response):
+    """Sleeps for ?seconds (default 1): stands in for a slow database call."""
+    seconds = float(environ.get("QUERY_STRING", "").partition("=")[2] or 1)
+    time.sleep(seconds)
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "4")])
+    return [b"done"]
+
+
+def big(environ, start_response):
+    """A large body (?bytes, default 8 MiB), to fill socket buffers of clients that do not read."""
+    size = int(environ.get("QUERY_STRING", "").partition("=")[2] or 8 << 20)
+    start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(size))])
+    return [b"x" * size]
+
+
+def threads(environ, start_response):
+    """How many threads the process runs right now."""
+    data = str(threading.active_count()).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(data)))])
+    return [data]
+
+
+validated_echo = validator(echo)
+validated_streaming = validator(streaming)
+validated_closing = validator(closing)
