@@ -8,6 +8,7 @@ to ``int()``. The decoder below replaces each of those behaviours with a hook.
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal
 from urllib.parse import quote
 
@@ -16,6 +17,12 @@ from .arithmetic import NonFiniteNumber, OperandError, OutOfRange
 from .problems import Problem, shown
 
 FIELDS = ("op", "arg1", "arg2")
+MAX_DEPTH = 32  # a calculation is one flat object; deeper nesting is refused before decoding
+# Strings are skipped whole (an unterminated one runs to the end, so every match succeeds and the
+# scan stays linear); only brackets outside strings are counted.
+_STRUCTURE = re.compile(r'"(?:[^"\\]|\\.)*(?:"|\\?\Z)|[\[\]{}]', re.DOTALL)
+_TOO_DEEP = (f"The body nests arrays or objects more than {MAX_DEPTH} levels deep; "
+             'send one flat object {"op": ..., "arg1": ..., "arg2": ...}.')
 EXAMPLE = '{"op": "add", "arg1": 2, "arg2": 3}'
 _FIELD_SET = frozenset(FIELDS)
 _ALLOWED_OPS = list(arithmetic.OPERATIONS)
@@ -93,6 +100,8 @@ def _decode(body: bytes) -> object:
         raise Problem("invalid-utf8",
                       f"The body is not UTF-8: byte {error.object[error.start]:#04x} at offset {error.start} "
                       f"({error.reason}). Encode the JSON as UTF-8.", position=error.start) from None
+    if _too_deep(text):
+        raise Problem("nesting-too-deep", _TOO_DEEP)
     try:
         return _DECODER.decode(text)
     except json.JSONDecodeError as error:
@@ -103,10 +112,29 @@ def _decode(body: bytes) -> object:
         raise Problem("duplicate-key",
                       f"The key {_quoted(error.key)} appears more than once in an object; give each field once.",
                       key=shown(error.key)) from None
-    except RecursionError:
-        raise Problem("nesting-too-deep",
-                      "The body nests arrays or objects too deeply to parse; send one flat object "
-                      '{"op": ..., "arg1": ..., "arg2": ...}.') from None
+    except RecursionError:  # only if the interpreter's recursion limit is below MAX_DEPTH
+        raise Problem("nesting-too-deep", _TOO_DEEP) from None
+
+
+def _too_deep(text: str) -> bool:
+    """Whether arrays/objects nest deeper than ``MAX_DEPTH``, decided without recursion.
+
+    The C decoder recurses once per level and is only stopped by the interpreter's recursion limit,
+    which a host process may have raised far enough to overflow the C stack. A body with few
+    brackets (every real request) skips the scan.
+    """
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return False
+    depth = 0
+    for match in _STRUCTURE.finditer(text):
+        token = match.group()
+        if token in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        elif token in "]}":
+            depth -= 1
+    return False
 
 
 def _check_fields(document: dict[str, object]) -> None:
