@@ -65,6 +65,7 @@ class Reactor:
 
     def stop(self) -> None:
         """Begin graceful shutdown; safe from a signal handler."""
+        self.runner.closing = True
         if not self.stopping:
             self.stopping = True
             self._stop_deadline = monotonic() + self.settings.graceful_timeout

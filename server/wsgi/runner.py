@@ -83,7 +83,8 @@ class _Exchange:
         request = self.request
         runner = self.runner
         self.plan = plan_response(status=self.status, headers=self.headers, http11=request.http11,
-                                  head_only=request.method == "HEAD", keep_alive=self.keep_alive,
+                                  head_only=request.method == "HEAD",
+                                  keep_alive=self.keep_alive and not runner.closing,
                                   length_hint=length_hint, date=runner.dates.now(), server=runner.server_header)
         return self.plan
 
@@ -135,6 +136,7 @@ class WSGIRunner:
         self.server_header = server_header
         self.access_log = access_log
         self.dates = DateCache()
+        self.closing = False  # set at shutdown: responses from then on carry Connection: close
 
     def run(self, request: Request, peer: tuple[str, int], send: Send, keep_alive: bool) -> bool:
         """Answer one request; True when the connection may carry another.
