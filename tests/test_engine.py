@@ -80,10 +80,11 @@ def test_streamed_response_is_chunked_on_http11_and_close_delimited_on_http10(se
     assert "transfer-encoding" not in headers and body == b"part0;part1;part2;part3;part4;"
 
 
-def test_head_has_headers_but_no_body(echo, raw_factory):
-    client = raw_factory(echo.address)
-    _, get_headers, get_body = client.request(get("/same"))
-    status, headers, body = client.request(b"HEAD /same HTTP/1.1\r\nHost: test\r\n\r\n")
+def test_head_has_headers_but_no_body(server_factory, raw_factory):
+    server = server_factory("--app", "apps:big", "--no-access-log")
+    client = raw_factory(server.address)
+    _, get_headers, get_body = client.request(get("/same?bytes=1000"))
+    status, headers, body = client.request(b"HEAD /same?bytes=1000 HTTP/1.1\r\nHost: test\r\n\r\n")
     assert status == 200 and body == b""
     assert int(headers["content-length"]) == len(get_body) == int(get_headers["content-length"])
     # the next response must start right where the HEAD response ended
