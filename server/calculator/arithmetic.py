@@ -74,6 +74,8 @@ def parse_operand(text: str) -> Decimal:
     Stricter than ``Decimal()``, which would also take whitespace, underscores, non-ASCII digits,
     NaN and Infinity.
     """
+    if text.isdigit() and text.isascii() and len(text) <= MAX_SIGNIFICANT_DIGITS:
+        return Decimal(text)  # the common case, a small non-negative integer, without the regex
     if _NUMBER.fullmatch(text) is not None:
         return bounded_decimal(text)
     if text.lower() in _NON_FINITE:
