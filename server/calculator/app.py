@@ -37,8 +37,7 @@ _READABLE = (frozenset({"GET", "HEAD"}), "GET, HEAD")  # methods, and the Allow 
 _POSTABLE = (frozenset({"POST"}), "POST")
 _HEALTH_BODY = b'{"status":"ok"}'
 _OPENAPI_BODY = openapi.document_bytes()
-_ROUTES_HINT = ("Try GET /add/{arg1}/{arg2} (or sub, mult, div), POST /calc, GET /healthz or GET /openapi.json.")
-_OPERAND_PARAMETERS = ("arg1", "arg2")
+_ROUTES_HINT = "Try GET /add/{arg1}/{arg2} (or sub, mult, div), POST /calc, GET /healthz or GET /openapi.json."
 
 
 def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:

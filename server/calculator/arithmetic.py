@@ -26,6 +26,9 @@ MAX_RESULT_CHARS = 401
 
 # A sum of two bounded operands spans at most the 10**100 .. 10**-199 places (301 digits with the
 # carry) and a product has at most 200 significant digits, so 400 digits of precision never round.
+# Explicit contexts, not the thread-local one: no lookup per operation and no dependence on what
+# else runs in the process. Sharing them across threads is safe: an operation only ORs its flags
+# into the context (nothing reads them) and decides whether to trap from its own status.
 _EXACT = Context(prec=400, rounding=ROUND_HALF_EVEN, Emax=999_999, Emin=-999_999,
                  traps=[InvalidOperation, DivisionByZero, Overflow])
 _DIVIDE = Context(prec=DIVISION_PRECISION, rounding=ROUND_HALF_EVEN, Emax=999_999, Emin=-999_999,
