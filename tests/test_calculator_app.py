@@ -27,6 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from server.calculator import app, arithmetic
+from server.calculator.calc_request import MAX_DEPTH
 from server.calculator.problems import CATALOGUE
 from server.calculator.request_body import MAX_BODY_BYTES
 
@@ -119,6 +120,16 @@ def test_catalogue_statuses_match_the_documented_choices() -> None:
         "invalid-number": 400, "non-finite-number": 400, "operand-out-of-range": 422, "division-by-zero": 422,
         "internal-error": 500,
     }
+
+
+def test_problem_descriptions_state_the_enforced_limits() -> None:
+    # The catalogue is prose; make sure its numbers are the ones the code enforces.
+    assert str(MAX_BODY_BYTES) in CATALOGUE["body-too-large"].description
+    assert f"{MAX_DEPTH} levels" in CATALOGUE["nesting-too-deep"].description
+    bound = CATALOGUE["operand-out-of-range"].description
+    assert f"{arithmetic.MAX_SIGNIFICANT_DIGITS} significant digits" in bound
+    assert f"[1e{arithmetic.MIN_ADJUSTED_EXPONENT}, 1e{arithmetic.MAX_ADJUSTED_EXPONENT + 1})" in bound
+    assert f"{arithmetic.MAX_OPERAND_CHARS} characters" in bound
 
 
 # --- results -------------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ CATALOGUE = _catalogue(
     ProblemType("malformed-json", 400, "Malformed JSON",
                 "The body is not valid JSON; line, column and position (in characters) say where parsing stopped."),
     ProblemType("nesting-too-deep", 400, "JSON nested too deeply",
-                "The body nests arrays or objects too deeply to parse; a calculation is one flat object."),
+                "The body nests arrays or objects more than 32 levels deep; a calculation is one flat object."),
     ProblemType("not-an-object", 400, "Body is not a JSON object",
                 'The body must be a JSON object such as {"op": "add", "arg1": 2, "arg2": 3}.'),
     ProblemType("duplicate-key", 400, "Duplicate key in JSON object",
