@@ -115,6 +115,15 @@ def threads(environ, start_response):
     return [data]
 
 
+
+def paced(environ, start_response):
+    """Answers with its own path after sleeping ?sleep=SECONDS (default 0): pipelining order made visible."""
+    query = dict(part.partition("=")[::2] for part in environ.get("QUERY_STRING", "").split("&") if part)
+    time.sleep(float(query.get("sleep") or 0))
+    data = environ["PATH_INFO"].encode("latin-1")
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(data)))])
+    return [data]
+
 validated_echo = validator(echo)
 validated_streaming = validator(streaming)
 validated_closing = validator(closing)
