@@ -318,6 +318,14 @@ def test_size_bound_edges() -> None:
     assert "101 significant digits" in problem["detail"]
 
 
+def test_longest_possible_result() -> None:
+    # (10**100 - 1)**2 = 10**200 - 2 * 10**100 + 1, shifted to the 10**-398 place, negated.
+    smallest_digit = f"{HUNDRED_NINES}e-199"
+    reply = call("GET", f"/mult/-{smallest_digit}/{smallest_digit}")
+    assert reply.text == "-0." + "0" * 198 + "9" * 99 + "8" + "0" * 99 + "1"
+    assert len(reply.text) == arithmetic.MAX_RESULT_CHARS
+
+
 @pytest.mark.parametrize(("method", "path", "allow"), [
     ("POST", "/add/2/3", "GET, HEAD"),
     ("DELETE", "/div/2/3", "GET, HEAD"),
