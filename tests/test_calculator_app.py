@@ -450,6 +450,10 @@ def test_invalid_utf8_says_where() -> None:
 def test_lone_surrogate_in_json_string_does_not_break_the_problem() -> None:
     problem = assert_problem(calc_raw(b'{"op": "\\ud800", "arg1": 1, "arg2": 2}'), "unknown-operation", 400)
     assert problem["received"] == "\ud800"
+    problem = assert_problem(calc_raw(b'{"op": "add", "arg1": 1, "arg2": 2, "\\udc00x": 1}'), "unknown-field", 400)
+    assert problem["unknown"] == ["\udc00x"] and problem["pointer"] == "#/%ED%B0%80x"
+    problem = assert_problem(calc_raw(b'{"\\ud800": 1, "\\ud800": 2}'), "duplicate-key", 400)
+    assert problem["key"] == "\ud800"
 
 
 @pytest.mark.parametrize("content_type", [
@@ -708,14 +712,17 @@ def test_arbitrary_path_operands_never_fail(op: str, a: str, b: str) -> None:
         assert json.loads(reply.body)["type"] in {kind.uri for kind in CATALOGUE.values()}
 
 
+# Any code point, lone surrogates included (JSON can carry them as \ud800 escapes); they are rare
+# among all code points, so a few are also offered directly.
+ANY_TEXT = st.text(st.characters(exclude_categories=()), max_size=10) | st.sampled_from(["\ud800", "a\udfff"])
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | ANY_TEXT,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(ANY_TEXT, children, max_size=3),
     max_leaves=10,
 )
 
 
-@given(document=st.dictionaries(st.sampled_from(["op", "arg1", "arg2", "x"]),
+@given(document=st.dictionaries(st.sampled_from(["op", "arg1", "arg2"]) | ANY_TEXT,
                                 JSON_VALUES | st.sampled_from(["add", "sub", "mult", "div"]), max_size=4)
        | JSON_VALUES)
 def test_arbitrary_json_never_fails(document: Any) -> None:

@@ -202,4 +202,5 @@ def _quoted(text: str) -> str:
 def _pointer(key: str) -> str:
     """The RFC 6901 JSON pointer to a top-level member, in URI-fragment form as in RFC 9457's examples."""
     token = key.replace("~", "~0").replace("/", "~1")
-    return "#/" + quote(token, safe="~!$&'()*+,;=:@")
+    # surrogatepass: a key may hold a lone surrogate (from a \ud800 escape), which strict UTF-8 cannot encode.
+    return "#/" + quote(token, safe="~!$&'()*+,;=:@", errors="surrogatepass")
