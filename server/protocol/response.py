@@ -7,6 +7,7 @@ from dataclasses import dataclass
 # RFC 9110 7.6.1: hop-by-hop fields belong to the connection, which the server owns.
 _HOP_BY_HOP = frozenset({"keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
                          "transfer-encoding", "upgrade", "proxy-connection"})
+_SPECIAL = _HOP_BY_HOP | {"content-length", "connection", "date", "server"}
 
 
 @dataclass(slots=True)
@@ -33,24 +34,25 @@ def plan_response(*, status: str, headers: list[tuple[str, str]], http11: bool, 
     have_date = have_server = False
     out = [f"HTTP/1.1 {status}"]
     for name, value in headers:
-        if "\n" in value or "\r" in value or "\n" in name or "\r" in name or ":" in name:
-            raise ValueError(f"response header {name!r} holds a line break or colon")
         lower = name.lower()
-        if lower == "content-length":
-            if not value.isdigit():
-                raise ValueError(f"Content-Length {value!r} is not a number")
-            content_length = int(value)
-        elif lower == "connection":
-            # Not WSGI-legal, but an application asking to close is honoured as gunicorn does.
-            if "close" in value.lower():
-                keep_alive = False
-            continue
-        elif lower == "date":
-            have_date = True
-        elif lower == "server":
-            have_server = True
-        elif lower in _HOP_BY_HOP:
-            raise ValueError(f"hop-by-hop header {name!r} must not be set by a WSGI application")
+        if lower in _SPECIAL:
+            if lower == "content-length":
+                if not value.isdigit():
+                    raise ValueError(f"Content-Length {value!r} is not a number")
+                content_length = int(value)
+            elif lower == "connection":
+                # Not WSGI-legal, but an application asking to close is honoured as gunicorn does.
+                if "close" in value.lower():
+                    keep_alive = False
+                continue
+            elif lower == "date":
+                have_date = True
+            elif lower == "server":
+                have_server = True
+            else:
+                raise ValueError(f"hop-by-hop header {name!r} must not be set by a WSGI application")
+        elif ":" in name:
+            raise ValueError(f"response header name {name!r} holds a colon")
         out.append(f"{name}: {value}")
     if not have_date:
         out.append(f"Date: {date}")
@@ -70,7 +72,12 @@ def plan_response(*, status: str, headers: list[tuple[str, str]], http11: bool, 
         out.append("Connection: close")
     elif not http11:
         out.append("Connection: keep-alive")
+    lines = len(out)
     out.append("\r\n")
-    head = "\r\n".join(out).encode("latin-1")
+    text = "\r\n".join(out)
+    if text.count("\n") != lines + 1 or text.count("\r") != lines + 1:
+        # a CR or LF inside a name or value would let the application split the response
+        raise ValueError("response header holds a line break")
+    head = text.encode("latin-1")
     return ResponsePlan(head=head, chunked=chunked and send_body, send_body=send_body,
                         keep_alive=keep_alive, content_length=content_length)

@@ -68,11 +68,12 @@ class _Exchange:
             raise AssertionError("start_response called a second time without exc_info")
         if not isinstance(status, str) or len(status) < 4 or not status[:3].isdigit() or status[3] != " ":
             raise ValueError(f"WSGI status must look like '200 OK', got {status!r}")
-        if not isinstance(headers, list) or not all(
-            isinstance(h, tuple) and len(h) == 2 and isinstance(h[0], str) and isinstance(h[1], str)
-            for h in headers
-        ):
+        if type(headers) is not list:
             raise TypeError("WSGI headers must be a list of (str, str) tuples")
+        for header in headers:
+            if type(header) is not tuple or len(header) != 2 or type(header[0]) is not str \
+                    or type(header[1]) is not str:
+                raise TypeError(f"WSGI headers must be (str, str) tuples, got {header!r}")
         self.status = status
         self.headers = headers
         return self.write
@@ -143,7 +144,8 @@ class WSGIRunner:
 
         Raises OSError when sending fails (the client went away).
         """
-        started = time.perf_counter()
+        log = self.access_log
+        started = time.perf_counter() if log is not None else 0.0
         exchange = _Exchange(self, request, send, keep_alive)
         env = self.environ.build(request, peer)
         status = 500
@@ -163,8 +165,8 @@ class WSGIRunner:
                 status = 500
                 send(error_response(500, "the application failed; the error is in the server log",
                                     date=self.dates.now(), server=self.server_header))
-        if self.access_log is not None:
-            self.access_log.log(env["REMOTE_ADDR"], request.method, request.target, request.version, status,
+        if log is not None:
+            log.log(env["REMOTE_ADDR"], request.method, request.target, request.version, status,
                                 exchange.bytes_sent, time.perf_counter() - started, request.header("referer"),
                                 request.header("user-agent"), request.header("x-request-id"))
         return keep
