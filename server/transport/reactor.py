@@ -29,6 +29,9 @@ _RECV_SIZE = 65536
 _SWEEP_EVERY = 0.25
 _DRAIN_LIMIT = 1 << 20  # bytes a closing connection may still send us before we cut it off
 _ACCEPT_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+# At shutdown an idle keep-alive connection is closed only once it has been idle this long: one that
+# was just answered may be sending its next request right now, and closing it would lose that request.
+_STOP_IDLE_GRACE = 0.5
 
 
 def limits_from(settings: Settings) -> Limits:
@@ -81,8 +84,11 @@ class Reactor:
     def run(self) -> None:
         next_sweep = monotonic() + _SWEEP_EVERY
         conns = self.conns
+        pool = self.pool
         while True:
-            events = self.poller.poll(0.05 if self.stopping else _SWEEP_EVERY)
+            # while work waits, look again soon: a worker may be stuck in a slow call
+            timeout = pool.stall if pool.pending else (0.05 if self.stopping else _SWEEP_EVERY)
+            events = self.poller.poll(timeout)
             now = monotonic()
             for fd, _ in events:
                 if fd == self._listen_fd:
@@ -95,6 +101,7 @@ class Reactor:
                     conn = conns.get(fd)
                     if conn is not None:
                         self._on_readable(conn, now)
+            pool.kick()
             if now >= next_sweep:
                 self._sweep(now)
                 next_sweep = now + _SWEEP_EVERY
@@ -288,6 +295,7 @@ class Reactor:
     def _shutdown_step(self, now: float) -> bool:
         """Stop accepting, close idle connections, let in-flight ones finish; True when done."""
         if self.listener is not None:
+            self._accept(now)  # connections the kernel already completed are ours to serve, not to reset
             self.poller.remove(self._listen_fd)
             self.listener.close()
             self.listener = None
@@ -298,7 +306,10 @@ class Reactor:
             elif conn.draining:
                 pending = True  # its last response is out; the sweep closes it by its drain deadline
             elif conn.parser.phase is Phase.IDLE:
-                self.close(conn)
+                if now - conn.idle_since < _STOP_IDLE_GRACE or _has_input(conn):
+                    pending = True  # its next request may already be on the way: answered with Connection: close
+                else:
+                    self.close(conn)
             else:
                 pending = True  # a request is arriving; it gets its answer with Connection: close
         return not pending or now >= self._stop_deadline
@@ -311,6 +322,14 @@ class Reactor:
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def _has_input(conn: Connection) -> bool:
+    """Bytes already waiting on the socket (the loop reads them on its next poll)."""
+    try:
+        return conn.sock.recv(1, socket.MSG_PEEK) != b""
+    except OSError:  # BlockingIOError: nothing is waiting
+        return False
 
 
 def make_signal_handler(reactor: Reactor) -> Callable[[int, object], None]:
