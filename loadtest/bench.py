@@ -184,12 +184,47 @@ def proc_usage(pid: int) -> tuple[float, int]:
     return rss_kib / 1024, threads
 
 
-class UsageSampler:
-    """Peak RSS and thread count of a process tree while a measurement runs."""
+def cpu_ticks(cpu: int) -> tuple[int, int]:
+    """(busy, total) clock ticks of one CPU so far, from /proc/stat."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{cpu} "):
+            values = [int(v) for v in line.split()[1:9]]  # user nice system idle iowait irq softirq steal
+            # Interrupt time is left out of "busy": it is network work not charged to any process.
+            return values[0] + values[1] + values[2] + values[7], sum(values)
+    raise ValueError(f"no cpu{cpu} in /proc/stat")
 
-    def __init__(self, pid: int, interval: float = 0.2) -> None:
-        self.pid, self.interval = pid, interval
+
+def tree_ticks(pid: int) -> int:
+    """CPU time (user + system clock ticks) used so far by pid and its descendants."""
+    ticks = 0
+    for member in descendants(pid):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{member}/stat").read_text().rpartition(")")[2].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks
+
+
+def single_cpu(spec: str | None) -> int | None:
+    return int(spec) if spec is not None and spec.isdigit() else None
+
+
+def cpu_set(spec: str) -> set[int]:
+    cpus: set[int] = set()
+    for part in spec.split(","):
+        low, _, high = part.partition("-")
+        cpus.update(range(int(low), int(high or low) + 1))
+    return cpus
+
+
+class UsageSampler:
+    """Peak RSS and thread count of a process tree while a measurement runs, and how much of the
+    server's CPU something else used meanwhile (other test runs on a shared machine skew results)."""
+
+    def __init__(self, pid: int, cpu: int | None, interval: float = 0.2) -> None:
+        self.pid, self.cpu, self.interval = pid, cpu, interval
         self.peak_rss, self.peak_threads = 0.0, 0
+        self.other_cpu: float | None = None
+        self._start: tuple[int, int, int] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -201,12 +236,20 @@ class UsageSampler:
                 return
 
     def __enter__(self) -> UsageSampler:
+        if self.cpu is not None:
+            self._start = (*cpu_ticks(self.cpu), tree_ticks(self.pid))
         self._thread.start()
         return self
 
     def __exit__(self, *_exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        if self._start is not None and self.cpu is not None:
+            busy, total = cpu_ticks(self.cpu)
+            own = tree_ticks(self.pid) - self._start[2]
+            elapsed = total - self._start[1]
+            if elapsed > 0:
+                self.other_cpu = max(0.0, (busy - self._start[0] - own) / elapsed)
 
 
 # --- HTTP checks -----------------------------------------------------------------------------------
@@ -442,9 +485,11 @@ http {{
                 self.wrk(target.port, scenario, self.args.warmup, f"{label}-warmup")
             watched = (usage_of or target).proc
             assert watched is not None
-            with UsageSampler(watched.pid) as usage:
+            with UsageSampler(watched.pid, single_cpu(self.args.server_cpu)) as usage:
                 data = self.wrk(target.port, scenario, self.args.duration, label)
             data["rss_mib"], data["threads"] = usage.peak_rss, usage.peak_threads
+            if usage.other_cpu is not None:
+                data["other_cpu"] = usage.other_cpu
             return data
         except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
             return {"error": str(exc)[:300]}
@@ -459,7 +504,7 @@ def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
     if not good:
         return {"error": samples[0].get("error", "no data") if samples else "no data"}
     out: dict[str, Any] = {"rounds": len(good)}
-    for key in ("rps", "p50_us", "p99_us", "rss_mib", "threads"):
+    for key in ("rps", "p50_us", "p99_us", "rss_mib", "threads", "other_cpu"):
         values = [s[key] for s in good if key in s]
         if values:
             out[key] = statistics.median(values)
@@ -477,6 +522,10 @@ def cell(text: str, limit: int = 120) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
+def percent(fraction: float | None) -> str:
+    return "—" if fraction is None else f"{fraction * 100:.0f}%"
+
+
 def ms(us: float | None) -> str:
     return "—" if us is None else f"{us / 1000:.2f}"
 
@@ -487,18 +536,18 @@ def ratio_text(value: float | None) -> str:
 
 def direct_table(rows: list[tuple[str, dict[str, Any], str]], baseline: dict[str, Any] | None) -> list[str]:
     lines = ["| server | req/s | p50 ms | p99 ms | ratio to calc-server | non-2xx | socket errors (c/r/w/t) "
-             "| peak RSS MiB | threads | answers |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | --- |"]
+             "| peak RSS MiB | threads | server CPU used by others | answers |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |"]
     base = baseline.get("rps") if baseline else None
     for name, data, answers in rows:
         if "error" in data:
-            lines.append(f"| {name} | — | — | — | — | — | — | — | — | did not run: {cell(data['error'])} |")
+            lines.append(f"| {name} | — | — | — | — | — | — | — | — | — | did not run: {cell(data['error'])} |")
             continue
         ratio = data["rps"] / base if base else None
         errors = f"{data['connect']}/{data['read']}/{data['write']}/{data['timeout']}"
         lines.append(f"| {name} | {data['rps']:,.0f} | {ms(data.get('p50_us'))} | {ms(data.get('p99_us'))} "
                      f"| {ratio_text(ratio)} | {data['status']} | {errors} | {data.get('rss_mib', 0):.0f} "
-                     f"| {data.get('threads', 0):.0f} | {answers} |")
+                     f"| {data.get('threads', 0):.0f} | {percent(data.get('other_cpu'))} | {answers} |")
     return lines
 
 
@@ -570,15 +619,17 @@ def idle_section(idle: dict[str, Any], meta: dict[str, Any], checks: list[tuple[
     base, loaded = idle.get("without", {}), idle.get("with", {})
     count = meta["idle"]
     out = [f"## {count:,} idle keep-alive connections (calc-server, GET /add/2/3)", "",
-           "| run | req/s | p50 ms | p99 ms | non-2xx | socket errors (c/r/w/t) | RSS MiB (peak) | threads (peak) |",
-           "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
+           "| run | req/s | p50 ms | p99 ms | non-2xx | socket errors (c/r/w/t) | RSS MiB (peak) | threads (peak) "
+           "| server CPU used by others |",
+           "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
     for label, data in (("without idle connections", base), (f"with {count:,} idle connections", loaded)):
         if "error" in data or not data:
-            out.append(f"| {label} | — | — | — | — | — | — | did not run: {cell(data.get('error', ''))} |")
+            out.append(f"| {label} | — | — | — | — | — | — | — | did not run: {cell(data.get('error', ''))} |")
             continue
         errors = f"{data['connect']}/{data['read']}/{data['write']}/{data['timeout']}"
         out.append(f"| {label} | {data['rps']:,.0f} | {ms(data.get('p50_us'))} | {ms(data.get('p99_us'))} "
-                   f"| {data['status']} | {errors} | {data.get('rss_mib', 0):.1f} | {data.get('threads', 0):.0f} |")
+                   f"| {data['status']} | {errors} | {data.get('rss_mib', 0):.1f} | {data.get('threads', 0):.0f} "
+                   f"| {percent(data.get('other_cpu'))} |")
     holder = idle.get("holder", {})
     out += ["", f"Idle holder: {json.dumps(holder, sort_keys=True)}", ""]
     if "error" in base or "error" in loaded or not base or not loaded:
@@ -883,6 +934,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--client-cpu", default="1", help="CPU list for wrk and the idle holder")
     parser.add_argument("--proxy-cpu", default="1", help="CPU list for the nginx proxy in table 2")
     parser.add_argument("--start-timeout", type=float, default=30.0, help="seconds a server gets to start (30)")
+    parser.add_argument("--wait-quiet", type=float, default=0, metavar="S",
+                        help="first wait up to S seconds for the machine to be under 10%% busy (0: don't)")
     parser.add_argument("--out", type=Path, default=ROOT / "results", help="where results go (results/)")
     parser.add_argument("--no-write", action="store_true", help="print the tables only; write no result files")
     args = parser.parse_args(argv)
@@ -898,6 +951,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def machine_busy(seconds: float = 1.0) -> float:
+    """Fraction of all CPUs busy over ``seconds``."""
+
+    def total() -> tuple[int, int]:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        return sum(values) - values[3] - values[4], sum(values)
+
+    busy0, all0 = total()
+    time.sleep(seconds)
+    busy1, all1 = total()
+    return (busy1 - busy0) / max(1, all1 - all0)
+
+
+def wait_quiet(limit: float, threshold: float = 0.10) -> None:
+    """Wait up to ``limit`` seconds for the machine to be less than ``threshold`` busy."""
+    deadline = time.monotonic() + limit
+    while True:
+        busy = machine_busy(2.0)
+        if busy < threshold:
+            print(f"machine is quiet ({busy:.0%} busy)")
+            return
+        if time.monotonic() >= deadline:
+            print(f"warning: machine still {busy:.0%} busy after {limit:g}s; measuring anyway", file=sys.stderr)
+            return
+        print(f"machine {busy:.0%} busy; waiting for it to calm down ...")
+        time.sleep(8)
+
+
 def preflight(args: argparse.Namespace) -> None:
     missing = [tool for tool in ("wrk", "nginx") if shutil.which(tool) is None]
     if any(getattr(args, k) is not None for k in ("server_cpu", "client_cpu", "proxy_cpu")) and not shutil.which(
@@ -907,6 +988,9 @@ def preflight(args: argparse.Namespace) -> None:
         raise SystemExit(f"missing programs: {', '.join(missing)} (scripts/bench installs them)")
     if (os.cpu_count() or 1) < 2 and args.server_cpu != args.client_cpu:
         print("warning: fewer than 2 CPUs; server and wrk will share one", file=sys.stderr)
+    if args.client_cpu is not None:
+        with contextlib.suppress(OSError, ValueError):
+            os.sched_setaffinity(0, cpu_set(args.client_cpu))  # keep this harness off the server's CPU
     limit = raise_nofile()
     if not args.skip_idle and limit < args.idle + 1000:
         raise SystemExit(f"RLIMIT_NOFILE hard limit is {limit}; {args.idle} idle connections need more "
@@ -931,6 +1015,8 @@ def signals_raise() -> Iterator[None]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     preflight(args)
+    if args.wait_quiet > 0:
+        wait_quiet(args.wait_quiet)
     with signals_raise():
         try:
             report = run(args)
