@@ -294,20 +294,7 @@ HOSTILE_CALC = [
 ]
 
 
-KNOWN_CALCULATOR_BUGS = {
-    "body-escaped-surrogate-key": "calculator bug reported to the lead: a JSON key holding a lone surrogate escape "
-                                  "makes _pointer() raise UnicodeEncodeError in urllib.parse.quote (answered 500)",
-}
-
-
-def _hostile_params():
-    for name, data, status in HOSTILE_CALC:
-        marks = [pytest.mark.xfail(strict=True, reason=KNOWN_CALCULATOR_BUGS[name])] \
-            if name in KNOWN_CALCULATOR_BUGS else []
-        yield pytest.param(data, status, id=name, marks=marks)
-
-
-@pytest.mark.parametrize(("data", "expected"), list(_hostile_params()))
+@pytest.mark.parametrize(("data", "expected"), [pytest.param(d, s, id=n) for n, d, s in HOSTILE_CALC])
 def test_hostile_calculator_input_is_a_cheap_clear_4xx(calc_server, data, expected):
     pid = calc_server.proc.pid
     cpu_before = _cpu_seconds(pid)

@@ -18,6 +18,8 @@ from .limits import Limits
 
 _TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
 _REQUEST_LINE = re.compile(rb"(" + _TCHAR + rb"+) ([^\x00-\x20\x7f]+) HTTP/([0-9])\.([0-9])")
+# The same, over the decoded head; includes the line's CRLF so the match ends where headers start.
+_REQUEST_LINE_TEXT = re.compile(_REQUEST_LINE.pattern.decode() + r"\r\n")
 _ANY_VERSION = re.compile(rb"\S+ \S+ HTTP/[0-9]+\.[0-9]+")
 # A field value may hold HTAB, SP, visible ASCII and obs-text; never other controls.
 _FIELD = re.compile(rb"(" + _TCHAR + rb"+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*)")
@@ -32,7 +34,7 @@ _CHUNK_LINE = re.compile(
 )
 _HOST = re.compile(rb"[A-Za-z0-9\-._~!$&'()*+,;=:\[\]%]*")
 _HOST_TEXT = re.compile(_HOST.pattern.decode())
-_ABSOLUTE = re.compile(rb"([A-Za-z][A-Za-z0-9+\-.]*)://([^/?#]*)([^?#]*)(?:\?([^#]*))?")
+_ABSOLUTE_TEXT = re.compile(r"([A-Za-z][A-Za-z0-9+\-.]*)://([^/?#]*)([^?#]*)(?:\?([^#]*))?")
 _BARE_EOL = re.compile(rb"\r(?!\n|\Z)|(?<!\r)\n")
 _FRAMING_FIELDS = frozenset({"host", "content-length", "transfer-encoding", "connection", "expect"})
 _KNOWN_CODINGS = frozenset({"gzip", "x-gzip", "deflate", "compress", "x-compress", "identity"})
@@ -169,43 +171,41 @@ class RequestParser:
         if line_end >= 0 and len(buf) - last_eol - 2 > limits.max_header_size:
             raise ProtocolError(431, f"a header field is longer than {limits.max_header_size} bytes")
 
-    def _fields(self, block: bytes) -> list[tuple[str, str]]:
+    def _fields(self, block: str) -> list[tuple[str, str]]:
         """Header lines (each ending in CRLF) as (lower-case name, trimmed value) pairs."""
         limits = self._limits
-        text = block.decode("latin-1")
-        count = text.count("\r\n")
+        count = block.count("\r\n")
         if count > limits.max_header_count:
             raise ProtocolError(431, f"more than {limits.max_header_count} header fields")
-        fields = _FIELDS.findall(text)
-        if (len(fields) != count or text.count("\n") != count or text.count("\r") != count
+        fields = _FIELDS.findall(block)
+        if (len(fields) != count or block.count("\n") != count or block.count("\r") != count
                 or len(block) > limits.max_header_size):
             self._check_lines(block)  # raises with the exact problem, or passes long-but-valid heads
         return [(name.lower(), value) for name, value in fields]
 
-    def _check_lines(self, block: bytes) -> None:
+    def _check_lines(self, block: str) -> None:
         max_field = self._limits.max_header_size
-        for raw in block[:-2].split(b"\r\n"):
+        for raw in block.encode("latin-1")[:-2].split(b"\r\n"):
             if len(raw) > max_field:
                 raise ProtocolError(431, f"a header field is longer than {max_field} bytes")
             if _FIELD.fullmatch(raw) is None:
                 raise _field_error(raw)
 
     def _interpret(self, head: bytes) -> Request:
+        """The head, without its final empty line, into a Request; the one place framing is decided."""
         limits = self._limits
-        line_end = head.find(b"\r\n")
-        if line_end < 0:
-            line, block = head, b""
-        else:
-            line, block = head[:line_end], head[line_end + 2:] + b"\r\n"
-        if len(line) > limits.max_request_line:
+        text = head.decode("latin-1") + "\r\n"  # every line now ends in CRLF
+        match = _REQUEST_LINE_TEXT.match(text)
+        line_end = text.find("\r\n")
+        if line_end > limits.max_request_line:
             raise ProtocolError(414, f"request line is longer than {limits.max_request_line} bytes")
-        match = _REQUEST_LINE.fullmatch(line)
         if match is None:
-            raise _request_line_error(line)
-        method_b, target_b, major, minor = match.groups()
-        if major != b"1":
-            raise ProtocolError(505, f"HTTP/{major.decode()}.{minor.decode()} is not supported; use HTTP/1.1")
-        http11 = minor != b"0"
+            raise _request_line_error(head[:line_end])
+        method, target, major, minor = match.groups()
+        if major != "1":
+            raise ProtocolError(505, f"HTTP/{major}.{minor} is not supported; use HTTP/1.1")
+        http11 = minor != "0"
+        block = text[match.end():]
 
         headers = self._fields(block) if block else []
         host: str | None = None
@@ -242,32 +242,30 @@ class RequestParser:
         if http11 and host_count == 0:
             raise ProtocolError(400, "HTTP/1.1 requests must carry a Host header")
 
-        method = method_b.decode("ascii")
         if method == "CONNECT":
             raise ProtocolError(501, "CONNECT tunnels are not supported by this server")
-        target = target_b.decode("latin-1")
         scheme: str | None = None
-        if target_b[:1] == b"/":
+        if target[0] == "/":
             path, _, query = target.partition("?")
             if "#" in target:
                 raise ProtocolError(400, "a request target must not contain a fragment (#)")
-        elif target_b == b"*":
+        elif target == "*":
             if method != "OPTIONS":
                 raise ProtocolError(400, "the asterisk target '*' is only allowed with OPTIONS")
             path, query = "*", ""
         else:
-            absolute = _ABSOLUTE.fullmatch(target_b)
+            absolute = _ABSOLUTE_TEXT.fullmatch(target)
             if absolute is None:
                 raise ProtocolError(400, "request target must be a path starting with '/' or an absolute http URL")
-            scheme_b, authority, path_b, query_b = absolute.groups()
-            scheme = scheme_b.decode("ascii").lower()
+            scheme, authority, path, query = absolute.groups()
+            scheme = scheme.lower()
             if scheme not in ("http", "https"):
                 raise ProtocolError(400, f"unsupported URL scheme {scheme!r} in request target")
-            if not authority or "@" in authority.decode("latin-1") or not _HOST.fullmatch(authority):
+            if not authority or "@" in authority or not _HOST_TEXT.fullmatch(authority):
                 raise ProtocolError(400, "absolute-form target needs a valid host")
-            host = authority.decode("latin-1")  # RFC 9112 3.2.2: the target's authority wins over Host
-            path = path_b.decode("latin-1") or "/"
-            query = (query_b or b"").decode("latin-1")
+            host = authority  # RFC 9112 3.2.2: the target's authority wins over Host
+            path = path or "/"
+            query = query or ""
 
         chunked = False
         length = 0
