@@ -32,8 +32,11 @@ case $host in
     *) echo "$me: $host is an address; nothing to watch"; exit 0 ;;
 esac
 
+# Every IPv4 address of the name, sorted: `ahostsv4` goes through getaddrinfo()
+# like nginx does, in glibc and in musl alike (musl's `getent hosts` prints only
+# the first address).
 addresses() {
-    getent hosts "$host" 2>/dev/null | awk '{ print $1 }' | sort -u | tr '\n' ' ' || true
+    getent ahostsv4 "$host" 2>/dev/null | awk '{ print $1 }' | sort -u | tr '\n' ' ' || true
 }
 
 watch() {
