@@ -100,6 +100,10 @@ class Arbiter:
             self._spawn()
 
     def _shutdown(self) -> int:
+        # Close our copy of the listening socket first: while the master holds it, the kernel keeps
+        # completing connections into its backlog that no worker will ever accept, and those clients
+        # wait out the whole shutdown to be reset instead of being refused at once.
+        self.listener.close()
         for pid in self.children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
@@ -118,5 +122,4 @@ class Arbiter:
                 os.waitpid(pid, 0)
             except (ProcessLookupError, ChildProcessError):
                 pass
-        self.listener.close()
         return 0
