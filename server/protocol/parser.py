@@ -92,7 +92,8 @@ class RequestParser:
     @property
     def phase(self) -> Phase:
         if self._state is _State.HEAD:
-            return Phase.HEAD if self._buf.strip(b"\r\n") else Phase.IDLE
+            buf = self._buf
+            return Phase.HEAD if buf and buf.strip(b"\r\n") else Phase.IDLE
         return Phase.BODY
 
     @property

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import select
 import socket
-import time
 
 from ..protocol import RequestParser
 
@@ -83,6 +82,3 @@ class Connection:
         with contextlib.suppress(OSError):
             self.sock.close()
 
-
-def monotonic() -> float:
-    return time.monotonic()

@@ -15,13 +15,14 @@ import os
 import socket
 import sys
 from collections.abc import Callable
+from time import monotonic
 
 from ..accesslog import AccessLog
 from ..config import Settings
 from ..protocol import Limits, Phase, ProtocolError, Request, RequestParser
 from ..protocol.writer import CONTINUE, error_response
 from ..wsgi import WSGIRunner
-from .connection import Connection, monotonic
+from .connection import Connection
 from .poller import Poller
 from .pool import ThreadPool
 
