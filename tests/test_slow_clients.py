@@ -176,6 +176,7 @@ def test_slow_reader_holds_the_only_worker_only_until_the_send_timeout(server_fa
     print(f"slow reader: the other client waited {waited:.2f} s; the slow reader got {received >> 10} KiB "
           f"of {size >> 20} MiB before being dropped")
     assert received < size // 2
+    assert waited > 0.5, "the other client was served at once: the slow reader never held the only worker"
     assert proc_threads(pid) == threads_before
     assert "Traceback" not in server.output()
 
