@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import http.client
+import io
 import json
 import os
 import platform
@@ -39,6 +40,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -63,7 +65,7 @@ class Proc:
     registry: list[Proc] = []
 
     def __init__(self, name: str, argv: list[str], log: Path, *, env: dict[str, str] | None = None,
-                 stdin: int | None = subprocess.DEVNULL, text_stdout: bool = False) -> None:
+                 stdin: int | None = subprocess.DEVNULL, text_stdout: bool = False, cwd: Path = ROOT) -> None:
         self.name = name
         self.argv = argv
         self.log = log
@@ -72,7 +74,7 @@ class Proc:
         self._log_file.write("$ " + " ".join(argv) + "\n")
         self._log_file.flush()
         self.proc = subprocess.Popen(
-            argv, cwd=ROOT, env=env, stdin=stdin, start_new_session=True, text=True,
+            argv, cwd=cwd, env=env, stdin=stdin, start_new_session=True, text=True,
             stdout=subprocess.PIPE if text_stdout else self._log_file, stderr=self._log_file)
         Proc.registry.append(self)
 
@@ -133,9 +135,9 @@ def pinned(cpu: str | None, argv: list[str]) -> list[str]:
     return ["taskset", "-c", cpu, *argv] if cpu is not None else argv
 
 
-def child_env() -> dict[str, str]:
+def child_env(source: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CALC_", "GRANIAN_", "GUNICORN_"))}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source), env.get("PYTHONPATH", "")]))
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -205,6 +207,7 @@ def tree_ticks(pid: int) -> int:
 
 
 def single_cpu(spec: str | None) -> int | None:
+    """The CPU number when ``spec`` names exactly one (only then can its load be attributed)."""
     return int(spec) if spec is not None and spec.isdigit() else None
 
 
@@ -216,17 +219,48 @@ def cpu_set(spec: str) -> set[int]:
     return cpus
 
 
-class UsageSampler:
-    """Peak RSS and thread count of a process tree while a measurement runs, and how much of the
-    server's CPU something else used meanwhile (other test runs on a shared machine skew results)."""
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
-    def __init__(self, pid: int, cpu: int | None, interval: float = 0.2) -> None:
-        self.pid, self.cpu, self.interval = pid, cpu, interval
+
+def own_ticks() -> float:
+    """CPU time of this harness and of its reaped children (a finished wrk), in clock ticks."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime) * CLOCK_TICKS
+
+
+class UsageSampler:
+    """Peak RSS and thread count of a process tree while a measurement runs, and how much of each
+    pinned CPU something else used meanwhile (other work on a shared machine skews the numbers).
+
+    Server CPU: its busy time minus the server's own. Client CPU: its busy time minus wrk (reaped
+    inside the window, so it shows in RUSAGE_CHILDREN), this harness and the ``client_pids`` trees
+    (the nginx proxy, the idle holder).
+    """
+
+    def __init__(self, pid: int, server_cpu: int | None, client_cpu: int | None = None,
+                 client_pids: tuple[int, ...] = (), interval: float = 0.2) -> None:
+        self.pid, self.interval = pid, interval
+        self.server_cpu, self.client_cpu, self.client_pids = server_cpu, client_cpu, client_pids
         self.peak_rss, self.peak_threads = 0.0, 0
         self.other_cpu: float | None = None
-        self._start: tuple[int, int, int] | None = None
+        self.other_client_cpu: float | None = None
+        self._start: dict[str, Any] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _snapshot(self) -> dict[str, Any]:
+        snap: dict[str, Any] = {"server_tree": tree_ticks(self.pid), "client_own": own_ticks()
+                                + sum(tree_ticks(p) for p in self.client_pids)}
+        if self.server_cpu is not None:
+            snap["server_core"] = cpu_ticks(self.server_cpu)
+        if self.client_cpu is not None:
+            snap["client_core"] = cpu_ticks(self.client_cpu)
+        return snap
+
+    @staticmethod
+    def _share(start: tuple[int, int], end: tuple[int, int], own: float) -> float | None:
+        elapsed = end[1] - start[1]
+        return max(0.0, min(1.0, (end[0] - start[0] - own) / elapsed)) if elapsed > 0 else None
 
     def _run(self) -> None:
         while True:
@@ -236,20 +270,20 @@ class UsageSampler:
                 return
 
     def __enter__(self) -> UsageSampler:
-        if self.cpu is not None:
-            self._start = (*cpu_ticks(self.cpu), tree_ticks(self.pid))
+        self._start = self._snapshot()
         self._thread.start()
         return self
 
     def __exit__(self, *_exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        if self._start is not None and self.cpu is not None:
-            busy, total = cpu_ticks(self.cpu)
-            own = tree_ticks(self.pid) - self._start[2]
-            elapsed = total - self._start[1]
-            if elapsed > 0:
-                self.other_cpu = max(0.0, (busy - self._start[0] - own) / elapsed)
+        end, start = self._snapshot(), self._start
+        if "server_core" in start:
+            self.other_cpu = self._share(start["server_core"], end["server_core"],
+                                         end["server_tree"] - start["server_tree"])
+        if "client_core" in start:
+            self.other_client_cpu = self._share(start["client_core"], end["client_core"],
+                                                end["client_own"] - start["client_own"])
 
 
 # --- HTTP checks -----------------------------------------------------------------------------------
@@ -322,10 +356,11 @@ class Target:
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, logs: Path) -> None:
+    def __init__(self, args: argparse.Namespace, logs: Path, source: Path) -> None:
         self.args = args
         self.logs = logs
-        self.env = child_env()
+        self.source = source  # where server/ is imported from: a snapshot of --ref, or the working tree
+        self.env = child_env(source)
 
     # Each start_* returns a Target; a server that fails to start is recorded, not fatal.
 
@@ -334,7 +369,7 @@ class Bench:
         target = Target(name=name, fixed=fixed)
         try:
             proc = Proc(name, pinned(self.args.server_cpu, argv), self.logs / f"{log_name or name}.log",
-                        env=self.env)
+                        env=self.env, cwd=self.source)
             target.proc = proc
             if port is None:  # this server: --port 0, read the port from the ready line
                 port = self._ready_port(proc, self.args.start_timeout)
@@ -476,23 +511,40 @@ http {{
         data["socket_errors"] = data["connect"] + data["read"] + data["write"] + data["timeout"]
         return data
 
-    def measure(self, target: Target, scenario: str, label: str, usage_of: Target | None = None) -> dict[str, Any]:
-        """One wrk run after a warm-up, with the peak RSS/threads of ``usage_of`` (default: the target)."""
+    def measure(self, target: Target, scenario: str, label: str, usage_of: Target | None = None,
+                client_pids: tuple[int, ...] = ()) -> dict[str, Any]:
+        """A wrk run after a warm-up, with the peak RSS/threads of ``usage_of`` (default: the target).
+
+        When other processes took more than --noise of either pinned CPU meanwhile, the measurement is
+        repeated (up to --retries times) and the least disturbed attempt is kept.
+        """
         if not target.up:
             return {"error": target.error or "not running"}
+        watched = (usage_of or target).proc
+        assert watched is not None
+        attempts: list[dict[str, Any]] = []
         try:
-            if self.args.warmup > 0:
-                self.wrk(target.port, scenario, self.args.warmup, f"{label}-warmup")
-            watched = (usage_of or target).proc
-            assert watched is not None
-            with UsageSampler(watched.pid, single_cpu(self.args.server_cpu)) as usage:
-                data = self.wrk(target.port, scenario, self.args.duration, label)
-            data["rss_mib"], data["threads"] = usage.peak_rss, usage.peak_threads
-            if usage.other_cpu is not None:
-                data["other_cpu"] = usage.other_cpu
-            return data
+            for attempt in range(1 + self.args.retries):
+                if self.args.warmup > 0:
+                    self.wrk(target.port, scenario, self.args.warmup, f"{label}-warmup")
+                with UsageSampler(watched.pid, single_cpu(self.args.server_cpu), single_cpu(self.args.client_cpu),
+                                  client_pids) as usage:
+                    data = self.wrk(target.port, scenario, self.args.duration,
+                                    label if attempt == 0 else f"{label}-retry{attempt}")
+                data["rss_mib"], data["threads"] = usage.peak_rss, usage.peak_threads
+                data["other_cpu"], data["other_client_cpu"] = usage.other_cpu, usage.other_client_cpu
+                data["noise"] = max(usage.other_cpu or 0.0, usage.other_client_cpu or 0.0)
+                attempts.append(data)
+                if data["noise"] <= self.args.noise:
+                    break
+                print(f"    (others used {data['noise']:.0%} of a pinned CPU during {label}; "
+                      f"{'measuring again' if attempt < self.args.retries else 'keeping the quietest'})")
         except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
-            return {"error": str(exc)[:300]}
+            if not attempts:
+                return {"error": str(exc)[:300]}
+        best = min(attempts, key=lambda d: d["noise"])
+        best["attempts"] = len(attempts)
+        return best
 
 
 # --- aggregation and output ------------------------------------------------------------------------
@@ -504,13 +556,15 @@ def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
     if not good:
         return {"error": samples[0].get("error", "no data") if samples else "no data"}
     out: dict[str, Any] = {"rounds": len(good)}
-    for key in ("rps", "p50_us", "p99_us", "rss_mib", "threads", "other_cpu"):
-        values = [s[key] for s in good if key in s]
+    for key in ("rps", "p50_us", "p99_us", "rss_mib", "threads", "other_cpu", "other_client_cpu"):
+        values = [s[key] for s in good if s.get(key) is not None]
         if values:
             out[key] = statistics.median(values)
     for key in ("status", "connect", "read", "write", "timeout", "socket_errors", "requests"):
         out[key] = sum(s.get(key, 0) for s in good)
     out["rps_all"] = [round(s["rps"]) for s in good]
+    out["noise_all"] = [round(s.get("noise", 0.0), 3) for s in good]
+    out["attempts"] = sum(s.get("attempts", 1) for s in good)
     if len(good) < len(samples):
         out["failed_rounds"] = len(samples) - len(good)
     return out
@@ -526,6 +580,10 @@ def percent(fraction: float | None) -> str:
     return "—" if fraction is None else f"{fraction * 100:.0f}%"
 
 
+def noise_text(data: dict[str, Any]) -> str:
+    return f"{percent(data.get('other_cpu'))} / {percent(data.get('other_client_cpu'))}"
+
+
 def ms(us: float | None) -> str:
     return "—" if us is None else f"{us / 1000:.2f}"
 
@@ -536,7 +594,7 @@ def ratio_text(value: float | None) -> str:
 
 def direct_table(rows: list[tuple[str, dict[str, Any], str]], baseline: dict[str, Any] | None) -> list[str]:
     lines = ["| server | req/s | p50 ms | p99 ms | ratio to calc-server | non-2xx | socket errors (c/r/w/t) "
-             "| peak RSS MiB | threads | server CPU used by others | answers |",
+             "| peak RSS MiB | threads | others' CPU use (server/client core) | answers |",
              "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |"]
     base = baseline.get("rps") if baseline else None
     for name, data, answers in rows:
@@ -547,7 +605,7 @@ def direct_table(rows: list[tuple[str, dict[str, Any], str]], baseline: dict[str
         errors = f"{data['connect']}/{data['read']}/{data['write']}/{data['timeout']}"
         lines.append(f"| {name} | {data['rps']:,.0f} | {ms(data.get('p50_us'))} | {ms(data.get('p99_us'))} "
                      f"| {ratio_text(ratio)} | {data['status']} | {errors} | {data.get('rss_mib', 0):.0f} "
-                     f"| {data.get('threads', 0):.0f} | {percent(data.get('other_cpu'))} | {answers} |")
+                     f"| {data.get('threads', 0):.0f} | {noise_text(data)} | {answers} |")
     return lines
 
 
@@ -576,7 +634,7 @@ def render(report: dict[str, Any]) -> tuple[str, list[tuple[str, str, str, str]]
     direct, proxied, idle = report["direct"], report["proxied"], report["idle"]
     answers = report["answers"]
     out = [f"# Benchmark {meta['date']}", "",
-           f"- commit: `{meta['commit']}`{' (working tree has uncommitted changes)' if meta['dirty'] else ''}",
+           f"- server code: {meta['source']}",
            f"- machine: {meta['machine']}",
            f"- tools: {meta['versions']}",
            f"- settings: {meta['settings']}",
@@ -586,7 +644,11 @@ def render(report: dict[str, Any]) -> tuple[str, list[tuple[str, str, str, str]]
            f"{meta['server_cpu']}; wrk (1 thread) pinned to CPU {meta['client_cpu']}; nginx proxy pinned to CPU "
            f"{meta['proxy_cpu']}; keep-alive; medians over {meta['rounds']} interleaved round(s).",
            "- non-2xx and socket errors are wrk's counts summed over the rounds; *answers* is a check of "
-           "the real response bodies (`5` and `{\"result\": 8}`) made before measuring.", ""]
+           "the real response bodies (`5` and `{\"result\": 8}`) made before measuring.",
+           f"- *others' CPU use*: share of the server's and of the client's pinned CPU taken by processes "
+           f"other than the ones measured (median over rounds). A measurement with more than "
+           f"{meta['noise']:.0%} on either was redone up to {meta['retries']} times and the quietest attempt "
+           "kept; rows still showing more than that are skewed by other work on the machine.", ""]
     checks: list[tuple[str, str, str, str]] = []
     for scenario, title in SCENARIOS.items():
         rows = [(name, direct[name][scenario], answers.get(name, "")) for name in direct]
@@ -620,7 +682,7 @@ def idle_section(idle: dict[str, Any], meta: dict[str, Any], checks: list[tuple[
     count = meta["idle"]
     out = [f"## {count:,} idle keep-alive connections (calc-server, GET /add/2/3)", "",
            "| run | req/s | p50 ms | p99 ms | non-2xx | socket errors (c/r/w/t) | RSS MiB (peak) | threads (peak) "
-           "| server CPU used by others |",
+           "| others' CPU use (server/client core) |",
            "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
     for label, data in (("without idle connections", base), (f"with {count:,} idle connections", loaded)):
         if "error" in data or not data:
@@ -629,7 +691,7 @@ def idle_section(idle: dict[str, Any], meta: dict[str, Any], checks: list[tuple[
         errors = f"{data['connect']}/{data['read']}/{data['write']}/{data['timeout']}"
         out.append(f"| {label} | {data['rps']:,.0f} | {ms(data.get('p50_us'))} | {ms(data.get('p99_us'))} "
                    f"| {data['status']} | {errors} | {data.get('rss_mib', 0):.1f} | {data.get('threads', 0):.0f} "
-                   f"| {percent(data.get('other_cpu'))} |")
+                   f"| {noise_text(data)} |")
     holder = idle.get("holder", {})
     out += ["", f"Idle holder: {json.dumps(holder, sort_keys=True)}", ""]
     if "error" in base or "error" in loaded or not base or not loaded:
@@ -717,6 +779,28 @@ def tool_versions() -> str:
     return ", ".join(parts)
 
 
+def export_source(ref: str, dest: Path) -> tuple[Path, str, str]:
+    """Where to import server/ from: (directory, commit, description).
+
+    A ref exports server/ as committed (``git archive``), so teammates editing the working tree
+    during a run cannot change what is measured; ``worktree`` uses the working tree as it is.
+    """
+    if ref == "worktree":
+        commit, dirty = git_commit()
+        return ROOT, commit, "the working tree" + (" (with uncommitted changes in server/)" if dirty else "")
+    sha = subprocess.run(["git", "rev-parse", "--verify", f"{ref}^{{commit}}"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=10)
+    if sha.returncode != 0:
+        raise SystemExit(f"--ref {ref}: not a commit ({sha.stderr.strip()})")
+    commit = sha.stdout.strip()
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "archive", "--format=tar", commit, "server"], cwd=ROOT, capture_output=True,
+                             timeout=60, check=True)
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(dest, filter="data")
+    return dest, commit[:12], f"`server/` exported from commit {commit[:12]} ({ref})"
+
+
 def git_commit() -> tuple[str, bool]:
     try:
         commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True,
@@ -760,11 +844,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     logs = ROOT / "results" / "tmp" / f"bench-{stamp}"
     logs.mkdir(parents=True, exist_ok=True)
     print(f"logs: {logs.relative_to(ROOT)}")
-    bench = Bench(args, logs)
-    commit, dirty = git_commit()
-    meta = {"date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "commit": commit, "dirty": dirty,
+    source, commit, source_text = export_source(args.ref, logs / "src")
+    bench = Bench(args, logs, source)
+    meta = {"date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "commit": commit, "source": source_text,
             "machine": machine(), "versions": tool_versions(), "rounds": args.rounds, "load_before": loadavg(),
             "connections": args.connections, "threads": args.threads, "idle": args.idle if not args.skip_idle else 0,
+            "noise": args.noise, "retries": args.retries,
             "server_cpu": args.server_cpu, "client_cpu": args.client_cpu, "proxy_cpu": args.proxy_cpu,
             "settings": f"{args.duration:g} s per measurement after a {args.warmup:g} s warm-up, "
                         f"{args.connections} connections, pool of {args.threads} threads "
@@ -807,7 +892,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for name in rotations([n for n in order if n in proxied], round_index):
                 label = f"r{round_index + 1}-nginx-{name}-{scenario}"
                 target = proxied[name]
-                data = bench.measure(target, scenario, label, usage_of=targets[name])  # upstream, not nginx
+                assert target.proc is not None  # the nginx proxy, on the client CPU
+                data = bench.measure(target, scenario, label, usage_of=targets[name], client_pids=(target.proc.pid,))
                 proxy_samples[name][scenario].append(data)
                 print(f"  {target.name:<27} {SCENARIOS[scenario]:<14} {brief(data)}")
 
@@ -852,7 +938,7 @@ def idle_run(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
                            "open_seconds": ready.get("seconds"), "errors": ready.get("errors")}
             idle_rss, idle_threads = proc_usage(target.proc.pid)
             holder_info.update(idle_rss_mib=round(idle_rss, 1), idle_threads=idle_threads)
-            data = bench.measure(target, "get", f"r{round_index + 1}-idle-with")
+            data = bench.measure(target, "get", f"r{round_index + 1}-idle-with", client_pids=(holder.pid,))
             loaded.append(data)
             print(f"  with {args.idle:,} idle connections  {brief(data)}")
             assert holder.proc.stdin is not None
@@ -934,6 +1020,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--client-cpu", default="1", help="CPU list for wrk and the idle holder")
     parser.add_argument("--proxy-cpu", default="1", help="CPU list for the nginx proxy in table 2")
     parser.add_argument("--start-timeout", type=float, default=30.0, help="seconds a server gets to start (30)")
+    parser.add_argument("--ref", default="HEAD",
+                        help="commit whose server/ is measured (exported to results/tmp), or 'worktree' (HEAD)")
+    parser.add_argument("--noise", type=float, default=0.10,
+                        help="share of a pinned CPU other processes may use before a measurement is redone (0.10)")
+    parser.add_argument("--retries", type=int, default=2, help="times a disturbed measurement is redone (2)")
     parser.add_argument("--wait-quiet", type=float, default=0, metavar="S",
                         help="first wait up to S seconds for the machine to be under 10%% busy (0: don't)")
     parser.add_argument("--out", type=Path, default=ROOT / "results", help="where results go (results/)")
