@@ -31,7 +31,7 @@ CALC_OPS = PATH_OPS
 DIVISION_PRECISION = 100
 
 # A plain decimal with no exponent, no leading zeros, no trailing fractional zeros and no "-0".
-NUMBER_TEXT = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]*[1-9])?")
+NUMBER_TEXT = re.compile(r"(?!-0\Z)-?(?:0|[1-9][0-9]*)(?:\.[0-9]*[1-9])?")
 EXACT = Context(prec=400, rounding=ROUND_HALF_EVEN, traps=[])
 DIVIDE = Context(prec=DIVISION_PRECISION, rounding=ROUND_HALF_EVEN, traps=[])
 
