@@ -138,6 +138,8 @@ class RequestParser:
 
     def _parse_head(self) -> Request | None:
         buf = self._buf
+        if not buf:
+            return None  # the usual state after answering a request: nothing to check
         limits = self._limits
         while buf[:2] == b"\r\n":  # RFC 9112 2.2: tolerate a few empty lines between requests
             del buf[:2]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import select
 import socket
+import threading
 
 from ..protocol import RequestParser
 
@@ -14,10 +15,10 @@ class SendTimeout(OSError):
 
 
 class Connection:
-    """Owned by the event loop while parked, by exactly one worker thread while busy."""
+    """Whoever works on a connection holds its lock: the thread serving it, or the timeout sweep."""
 
-    __slots__ = ("busy", "drain_deadline", "drained", "draining", "fd", "head_started", "idle_since", "last_io",
-                 "parser", "peer", "send_timeout", "served", "sock")
+    __slots__ = ("closed", "dirty", "drain_deadline", "drained", "draining", "fd", "hangup", "head_started",
+                 "idle_since", "last_io", "lock", "parser", "peer", "send_timeout", "served", "sock")
 
     def __init__(self, sock: socket.socket, peer: tuple[str, int], parser: RequestParser, now: float,
                  send_timeout: float) -> None:
@@ -26,7 +27,10 @@ class Connection:
         self.peer = peer
         self.parser = parser
         self.send_timeout = send_timeout
-        self.busy = False
+        self.lock = threading.Lock()
+        self.closed = False
+        self.dirty = False  # readable since its owner last read: the owner reads again before letting go
+        self.hangup = False  # the peer closed its side; its EOF is still to be read
         self.served = 0
         self.idle_since = now  # when the connection last became idle (accept or end of a response)
         self.head_started: float | None = None  # first byte of the request head now being received
@@ -59,6 +63,16 @@ class Connection:
             except BlockingIOError:
                 continue
             view = view[sent:]
+
+    def has_unread_input(self) -> bool:
+        """Bytes (or EOF) waiting in the kernel that this server has not read yet."""
+        try:
+            self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)  # data, or b"" at EOF
+            return True
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
 
     def send_nowait(self, data: bytes) -> bool:
         """Best effort, for the event loop, which must never block: True when all of it went out."""

@@ -1,8 +1,9 @@
-"""Readiness polling where a connection is armed for exactly one wake-up at a time.
+"""Readiness polling for the event loop and the threads that take turns leading it.
 
-One-shot arming is what lets worker threads hand a connection back to the
-event loop without locks: the loop never sees a connection a worker owns, and
-re-arming is a single thread-safe system call (epoll_ctl) from the worker.
+On Linux connections are registered edge-triggered, once: the kernel reports
+every new arrival of data, so nothing needs re-arming after a request and the
+hot path saves a system call. The portable fallback emulates one-shot
+registration and needs the explicit re-arm the reactor always calls.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ import threading
 
 
 class EpollPoller:
-    """Linux: EPOLLONESHOT for connections, level-triggered for the listener and wake-up pipe."""
+    """Linux: connections edge-triggered, the listener and wake-up pipe level-triggered."""
 
     def __init__(self) -> None:
         self._epoll = select.epoll()
-        self._oneshot = select.EPOLLIN | select.EPOLLONESHOT | select.EPOLLRDHUP
+        self._edge = select.EPOLLIN | select.EPOLLET | select.EPOLLRDHUP
 
     def watch(self, fd: int, exclusive: bool = False) -> None:
         """Level-triggered, always armed (listening socket, wake-up pipe)."""
@@ -29,10 +30,10 @@ class EpollPoller:
         self._epoll.register(fd, flags)
 
     def add(self, fd: int) -> None:
-        self._epoll.register(fd, self._oneshot)
+        self._epoll.register(fd, self._edge)
 
     def rearm(self, fd: int) -> None:
-        self._epoll.modify(fd, self._oneshot)
+        """Nothing to do: an edge-triggered registration reports every new arrival by itself."""
 
     def remove(self, fd: int) -> None:
         with contextlib.suppress(OSError, ValueError):

@@ -1,44 +1,71 @@
-"""The event loop: accepts, reads and parses requests, parks idle connections, enforces timeouts.
+"""The serving core: leader/followers over one epoll instance, with hand-off only when a call stalls.
 
-Division of labour: this loop (one thread) does every read, so slow or idle
-clients cost a file descriptor, never a thread. A complete request is handed
-to the worker pool; the worker runs the application, writes the response,
-serves any pipelined requests already buffered, then re-arms the connection
-here. Only the application ever runs on worker threads.
+One worker thread at a time is the leader: it waits in the poller and handles
+whatever becomes ready itself, inline: accept, read and parse, run the
+application, write the response, re-arm the connection. For fast applications
+that means no thread hand-off at all, which in CPython costs more than parsing
+a request does.
+
+Slow calls must not hold everyone else up, so the main thread watches the
+leader. Once the leader has spent ``STALL`` seconds inside one request (a slow
+query, a client that will not read its response), the main thread promotes an
+idle worker, which takes over the poller; the old leader finishes its request,
+hands over any events it had not reached yet, and becomes a follower. At most
+``--threads`` requests run at once; idle and half-received connections are
+parked in the poller and cost no thread.
+
+Each connection is armed one-shot, so exactly one thread owns it at a time; the
+owner holds ``conn.lock``, which is also what keeps the timeout sweep away.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import os
+import select
 import socket
 import sys
+import threading
+import traceback
 from collections.abc import Callable
 from time import monotonic
 
 from ..accesslog import AccessLog
 from ..config import Settings
-from ..protocol import Limits, Phase, ProtocolError, Request, RequestParser
+from ..protocol import Limits, Phase, ProtocolError, RequestParser
 from ..protocol.writer import CONTINUE, error_response
 from ..wsgi import WSGIRunner
 from .connection import Connection
 from .poller import Poller
-from .pool import ThreadPool
 
+STALL = 0.002  # seconds inside one request before another thread takes over the poller
 _RECV_SIZE = 65536
 _SWEEP_EVERY = 0.25
+_POLL_TIMEOUT = 0.25
+_QUIET_BEFORE_CLOSE = 1.0  # at shutdown, idle keep-alive connections are closed once this quiet
 _DRAIN_LIMIT = 1 << 20  # bytes a closing connection may still send us before we cut it off
+_HANGUP = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0x2000)
 _ACCEPT_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-# At shutdown an idle keep-alive connection is closed only once it has been idle this long: one that
-# was just answered may be sending its next request right now, and closing it would lose that request.
-_STOP_IDLE_GRACE = 0.5
 
 
 def limits_from(settings: Settings) -> Limits:
     return Limits(max_request_line=settings.max_request_line, max_header_count=settings.max_header_count,
                   max_header_size=settings.max_header_size, max_headers_total=settings.max_headers_total,
                   max_body_size=settings.max_body_size, max_chunk_ext=settings.max_chunk_ext)
+
+
+class _Worker:
+    """A thread's seat: the gate it waits at while a follower, and when its current call began."""
+
+    __slots__ = ("busy_since", "gate", "thread")
+
+    def __init__(self) -> None:
+        self.gate = threading.Lock()
+        self.gate.acquire()
+        self.busy_since = 0.0  # non-zero while inside a request; read by the monitor
+        self.thread: threading.Thread | None = None
 
 
 class Reactor:
@@ -50,18 +77,26 @@ class Reactor:
         self.access_log = access_log
         self.limits = limits_from(settings)
         self.poller = Poller()
-        self.pool = ThreadPool(settings.threads)
         self.conns: dict[int, Connection] = {}
+        # Work a leader must do besides polling: events a demoted leader had not reached,
+        # and connections set aside after max_pipeline requests so one client cannot hog a thread.
+        self.backlog: collections.deque[tuple[int, int] | Connection] = collections.deque()
         self.stopping = False
+        self._done = False
         self._stop_deadline = 0.0
-        self._exclusive = exclusive_accept
+        self._lock = threading.Lock()  # guards leadership changes
+        self._workers = [_Worker() for _ in range(settings.threads)]
+        self._idle: list[_Worker] = []
+        self._leader: _Worker | None = None
         self._accept_paused_until = 0.0
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
-        self.poller.watch(self._wake_r)
-        self.poller.watch(listener.fileno(), exclusive=exclusive_accept)
+        self._wake_r, self._wake_w = os.pipe()  # wakes the leader out of the poller
+        self._main_r, self._main_w = os.pipe()  # wakes the main thread (signals)
+        for fd in (self._wake_r, self._wake_w, self._main_r, self._main_w):
+            os.set_blocking(fd, False)
         self._listen_fd = listener.fileno()
+        self._exclusive = exclusive_accept  # pre-fork: wake one process per connection, not all
+        self.poller.watch(self._listen_fd, exclusive=exclusive_accept)
+        self.poller.watch(self._wake_r)
         self._overload = error_response(503, "server is at its connection limit; retry shortly",
                                         date=runner.dates.now(), extra="Retry-After: 1")
 
@@ -74,45 +109,206 @@ class Reactor:
             self.stopping = True
             self._stop_deadline = monotonic() + self.settings.graceful_timeout
         with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"\0")
+            os.write(self._main_w, b"\0")
 
-    @property
-    def wake_fd(self) -> int:
-        return self._wake_w
-
-    # -- the loop -----------------------------------------------------------------------------------------
+    # -- main thread: monitor, timeouts, shutdown ------------------------------------------------------------
 
     def run(self) -> None:
+        for index, worker in enumerate(self._workers):
+            worker.thread = threading.Thread(target=self._work, args=(worker,), name=f"worker-{index}",
+                                             daemon=True)
+        self._leader = self._workers[0]
+        self._idle = self._workers[1:]
+        self._workers[0].gate.release()
+        for worker in self._workers:
+            assert worker.thread is not None
+            worker.thread.start()
+        waker = select.poll()
+        waker.register(self._main_r, select.POLLIN)
         next_sweep = monotonic() + _SWEEP_EVERY
-        conns = self.conns
-        pool = self.pool
         while True:
-            # while work waits, look again soon: a worker may be stuck in a slow call
-            timeout = pool.stall if pool.pending else (0.05 if self.stopping else _SWEEP_EVERY)
-            events = self.poller.poll(timeout)
+            waker.poll(STALL * 1000)
+            with contextlib.suppress(OSError):
+                os.read(self._main_r, 4096)
             now = monotonic()
-            for fd, _ in events:
-                if fd == self._listen_fd:
-                    if self.listener is not None:
-                        self._accept(now)
-                elif fd == self._wake_r:
-                    with contextlib.suppress(OSError):
-                        os.read(self._wake_r, 4096)
-                else:
-                    conn = conns.get(fd)
-                    if conn is not None:
-                        self._on_readable(conn, now)
-            pool.kick()
-            if now >= next_sweep:
+            self._watch_leader(now)
+            if now >= next_sweep or self.stopping:
                 self._sweep(now)
                 next_sweep = now + _SWEEP_EVERY
-            if self.stopping and self._shutdown_step(now):
-                break
+                if self.stopping and self._shutdown_step(now):
+                    break
         self._finish()
 
-    def _accept(self, now: float) -> None:
+    def _watch_leader(self, now: float) -> None:
+        leader = self._leader
+        if leader is None or not leader.busy_since or now - leader.busy_since < STALL or not self._idle:
+            return
+        with self._lock:
+            if self._leader is leader and leader.busy_since and self._idle:
+                self._promote()
+
+    def _promote(self) -> None:
+        """Hand the poller to an idle worker; caller holds self._lock and has checked one is idle."""
+        worker = self._idle.pop()
+        self._leader = worker
+        worker.gate.release()
+
+    def _sweep(self, now: float) -> None:
+        if self._accept_paused_until and now >= self._accept_paused_until and self.listener is not None:
+            self._accept_paused_until = 0.0
+            self.poller.watch(self._listen_fd, exclusive=self._exclusive)
+        settings = self.settings
+        for conn in list(self.conns.values()):
+            if not conn.lock.acquire(blocking=False):
+                continue  # a worker is serving it
+            try:
+                if conn.closed:
+                    continue
+                if conn.draining:
+                    if now >= conn.drain_deadline:
+                        self._close(conn)
+                    continue
+                phase = conn.parser.phase
+                if phase is Phase.IDLE:
+                    limit = settings.keepalive_timeout if conn.served else settings.header_timeout
+                    if now - conn.idle_since > limit:
+                        self._close(conn)
+                elif phase is Phase.HEAD:
+                    started = conn.head_started or conn.idle_since
+                    if now - started > settings.header_timeout:
+                        self._reject(conn, ProtocolError(
+                            408, f"request head not received within {settings.header_timeout:g} s"), now)
+                elif now - conn.last_io > settings.body_timeout:
+                    self._reject(conn, ProtocolError(
+                        408, f"request body stalled for more than {settings.body_timeout:g} s"), now)
+            finally:
+                conn.lock.release()
+
+    def _shutdown_step(self, now: float) -> bool:
+        """Stop accepting, close idle connections, let in-flight ones finish; True when done."""
+        if self.listener is not None:
+            self.poller.remove(self._listen_fd)
+            self.listener.close()
+            self.listener = None
+        pending = False
+        for conn in list(self.conns.values()):
+            if not conn.lock.acquire(blocking=False):
+                pending = True  # in the middle of a request
+                continue
+            try:
+                if conn.closed:
+                    continue
+                if conn.draining or conn.parser.phase is not Phase.IDLE:
+                    pending = True  # a last response is draining, or a request is still arriving
+                elif now - conn.idle_since < _QUIET_BEFORE_CLOSE or conn.has_unread_input():
+                    # A client may have sent its next request right after our last answer; closing
+                    # now would lose it. Let it arrive: the answer will carry Connection: close.
+                    pending = True
+                else:
+                    self._close(conn)
+            finally:
+                conn.lock.release()
+        return not pending or now >= self._stop_deadline
+
+    def _finish(self) -> None:
+        with self._lock:
+            self._done = True
+            idle, self._idle = self._idle, []
+        for worker in idle:
+            worker.gate.release()
+        self._wake_leader()
+        for worker in self._workers:
+            if worker.thread is not None:
+                worker.thread.join(timeout=1.0)
+        for conn in list(self.conns.values()):
+            with conn.lock:
+                self._close(conn)
+        self.poller.close()
+        for fd in (self._wake_r, self._wake_w, self._main_r, self._main_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    # -- worker threads ---------------------------------------------------------------------------------------
+
+    def _work(self, me: _Worker) -> None:
+        while True:
+            me.gate.acquire()  # a follower waits here until promoted
+            if self._done:
+                return
+            self._lead(me)
+            with self._lock:
+                if self._done:
+                    return
+                self._idle.append(me)
+
+    def _lead(self, me: _Worker) -> None:
+        """Poll and serve inline until demoted.
+
+        Polled events go into the shared backlog before any is handled, so when
+        this thread gets stuck in a slow call the next leader finds the rest there
+        instead of them waiting behind the slow one.
+        """
+        poll = self.poller.poll
+        backlog = self.backlog
+        while self._leader is me and not self._done:
+            if not backlog:
+                try:
+                    backlog.extend(poll(_POLL_TIMEOUT))
+                except OSError:
+                    return  # poller closed at shutdown
+                continue
+            try:
+                item = backlog.popleft()
+            except IndexError:
+                continue
+            if isinstance(item, Connection):
+                # a client that pipelined more than max_pipeline: whatever else is ready goes first
+                with contextlib.suppress(OSError):
+                    backlog.extend(poll(0))
+                item.dirty = True
+                self._take(item, me)  # if its owner is busy, the owner sees the flag and carries on
+            else:
+                self._dispatch(item[0], item[1], me)
+
+    def _dispatch(self, fd: int, events: int, me: _Worker) -> None:
+        if fd == self._listen_fd:
+            self._accept()
+        elif fd == self._wake_r:
+            with contextlib.suppress(OSError):
+                os.read(self._wake_r, 4096)
+        else:
+            conn = self.conns.get(fd)
+            if conn is not None:
+                if events & _HANGUP:
+                    conn.hangup = True  # data and FIN can come as one event: read until the EOF shows
+                conn.dirty = True
+                self._take(conn, me)
+
+    def _take(self, conn: Connection, me: _Worker) -> None:
+        """Read and serve a readable connection unless another thread owns it.
+
+        The flag is set before trying the lock and checked again after letting go
+        of it, so data that arrives while the owner is busy is never left unread:
+        either this thread gets the lock, or the owner sees the flag.
+        """
+        while conn.dirty and not conn.closed and conn.lock.acquire(blocking=False):
+            try:
+                while conn.dirty and not conn.closed:
+                    conn.dirty = False
+                    if self._on_readable(conn, me):
+                        return  # set aside for fairness; the backlog comes back to it
+            finally:
+                conn.lock.release()
+
+    def _wake_leader(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"\0")
+
+    def _accept(self) -> None:
         listener = self.listener
-        assert listener is not None
+        if listener is None:
+            return
+        now = monotonic()
         for _ in range(64):
             try:
                 sock, peer = listener.accept()
@@ -145,192 +341,120 @@ class Reactor:
             sock.shutdown(socket.SHUT_WR)
         sock.close()
 
-    def _on_readable(self, conn: Connection, now: float) -> None:
-        parser = conn.parser
+    def _on_readable(self, conn: Connection, me: _Worker) -> bool:
+        """Read once and serve what is complete; True when the connection was set aside again.
+
+        Caller holds conn.lock.
+        """
+        now = monotonic()
         try:
             data = conn.sock.recv(_RECV_SIZE)
         except BlockingIOError:
+            if conn.parser.buffered and not conn.draining:
+                return self._serve(conn, now, me)  # requests set aside earlier are still waiting
             self._rearm(conn)
-            return
+            return False
         except OSError:
-            self.close(conn)
-            return
+            self._close(conn)
+            return False
         if conn.draining:
             conn.drained += len(data)
             if data and conn.drained < _DRAIN_LIMIT:
                 self._rearm(conn)
             else:
-                self.close(conn)
-            return
+                self._close(conn)
+            return False
         conn.last_io = now
+        parser = conn.parser
         if not data:
             try:
                 parser.feed_eof()
             except ProtocolError as exc:
                 self._reject(conn, exc, now)
-                return
-            self.close(conn)
-            return
+                return False
+            self._close(conn)
+            return False
         parser.feed(data)
+        if len(data) == _RECV_SIZE or conn.hangup:
+            conn.dirty = True  # more may be waiting than one read took (or the EOF): read again after serving
+        return self._serve(conn, now, me)
+
+    def _serve(self, conn: Connection, now: float, me: _Worker) -> bool:
+        """Answer the complete requests in the buffer, up to max_pipeline in a row; caller holds conn.lock.
+
+        True when more were waiting and the connection went to the back of the backlog.
+        """
+        parser = conn.parser
+        runner = self.runner
         try:
-            request = parser.next_request()
-        except ProtocolError as exc:
-            self._reject(conn, exc, now)
-            return
-        if request is not None:
-            conn.busy = True
-            self.pool.submit(self._serve, conn, request)
-            return
+            for _ in range(self.settings.max_pipeline):
+                try:
+                    request = parser.next_request()
+                except ProtocolError as exc:
+                    self._reject(conn, exc, now)
+                    return False
+                if request is None:
+                    break
+                me.busy_since = now
+                try:
+                    keep = runner.run(request, conn.peer, conn.send_all, request.keep_alive and not self.stopping)
+                finally:
+                    me.busy_since = 0.0
+                conn.served += 1
+                now = monotonic()
+                conn.idle_since = conn.last_io = now
+                conn.head_started = None
+                if not keep:
+                    conn.start_draining(now)
+                    self._rearm(conn)
+                    return False
+            else:
+                if parser.buffered:
+                    self.backlog.append(conn)  # more pipelined requests: let others go first
+                    self._wake_leader()
+                    return True
+        except OSError:
+            self._close(conn)
+            return False
+        except Exception:
+            traceback.print_exc(file=sys.stderr)
+            self._close(conn)
+            return False
         if conn.head_started is None and parser.phase is not Phase.IDLE:
             conn.head_started = now
         if parser.take_continue() and not conn.send_nowait(CONTINUE):
-            self.close(conn)
-            return
+            self._close(conn)
+            return False
+        self._rearm(conn)
+        return False
+
+    def _reject(self, conn: Connection, error: ProtocolError, now: float) -> None:
+        """A request we cannot parse: say why (problem+json), then close, since framing is lost."""
+        conn.send_nowait(error_response(error.status, error.detail, date=self.runner.dates.now(),
+                                        server=self.settings.server_header))
+        if self.access_log is not None:
+            self.access_log.log(conn.peer[0], "-", "-", "-", error.status, 0, 0.0, None, None, None)
+        conn.start_draining(now)
         self._rearm(conn)
 
     def _rearm(self, conn: Connection) -> None:
         try:
             self.poller.rearm(conn.fd)
         except OSError:
-            self.close(conn)
+            self._close(conn)
 
-    def _reject(self, conn: Connection, error: ProtocolError, now: float) -> None:
-        """A request we cannot parse: say why (problem+json), then close, since framing is lost."""
-        conn.send_nowait(error_response(error.status, error.detail, date=self.runner.dates.now(),
-                                        server=self.settings.server_header))
-        self._log_error(conn, error.status)
-        conn.start_draining(now)
-        self._rearm(conn)
+    def _close(self, conn: Connection) -> None:
+        """Forget first, then close, so the descriptor number is reused only once nothing refers to it.
 
-    def _log_error(self, conn: Connection, status: int) -> None:
-        if self.access_log is not None:
-            self.access_log.log(conn.peer[0], "-", "-", "-", status, 0, 0.0, None, None, None)
-
-    # -- worker side --------------------------------------------------------------------------------------
-
-    def _serve(self, conn: Connection, request: Request) -> None:
-        """Runs on a worker thread: answer this request and any complete ones already buffered."""
-        runner = self.runner
-        parser = conn.parser
-        in_a_row = 0
-        try:
-            while True:
-                keep = runner.run(request, conn.peer, conn.send_all, request.keep_alive and not self.stopping)
-                conn.served += 1
-                if not keep:
-                    conn.start_draining(monotonic())
-                    break
-                try:
-                    next_request = parser.next_request()
-                except ProtocolError as exc:
-                    conn.send_all(error_response(exc.status, exc.detail, date=runner.dates.now(),
-                                                 server=self.settings.server_header))
-                    self._log_error(conn, exc.status)
-                    conn.start_draining(monotonic())
-                    break
-                if next_request is None:
-                    break
-                request = next_request
-                in_a_row += 1
-                if in_a_row >= self.settings.max_pipeline:
-                    # Fairness: a client pipelining many requests yields the thread to others.
-                    self.pool.submit(self._serve, conn, request)
-                    return
-        except OSError:
-            self.close(conn)
+        Caller holds conn.lock.
+        """
+        if conn.closed:
             return
-        except Exception:
-            import traceback
-
-            traceback.print_exc(file=sys.stderr)
-            self.close(conn)
-            return
-        self._park(conn)
-
-    def _park(self, conn: Connection) -> None:
-        """Hand the connection back to the loop until it is readable again."""
-        now = monotonic()
-        conn.last_io = conn.idle_since = now
-        conn.head_started = None if conn.parser.phase is Phase.IDLE else now
-        conn.busy = False
-        if conn.parser.take_continue() and not conn.send_nowait(CONTINUE):
-            self.close(conn)
-            return
-        self._rearm(conn)
-
-    def close(self, conn: Connection) -> None:
-        """Forget first, then close, so the descriptor number is free only once nothing refers to it."""
-        if self.conns.pop(conn.fd, None) is not None:
-            self.poller.remove(conn.fd)
-            conn.close()
-
-    # -- timeouts and shutdown ------------------------------------------------------------------------------
-
-    def _sweep(self, now: float) -> None:
-        if self._accept_paused_until and now >= self._accept_paused_until and self.listener is not None:
-            self._accept_paused_until = 0.0
-            self.poller.watch(self._listen_fd, exclusive=self._exclusive)
-        settings = self.settings
-        for conn in list(self.conns.values()):
-            if conn.busy:
-                continue
-            if conn.draining:
-                if now >= conn.drain_deadline:
-                    self.close(conn)
-                continue
-            phase = conn.parser.phase
-            if phase is Phase.IDLE:
-                limit = settings.keepalive_timeout if conn.served else settings.header_timeout
-                if now - conn.idle_since > limit:
-                    self.close(conn)
-            elif phase is Phase.HEAD:
-                started = conn.head_started or conn.idle_since
-                if now - started > settings.header_timeout:
-                    self._timeout(conn, now, f"request head not received within {settings.header_timeout:g} s")
-            elif now - conn.last_io > settings.body_timeout:
-                self._timeout(conn, now, f"request body stalled for more than {settings.body_timeout:g} s")
-
-    def _timeout(self, conn: Connection, now: float, detail: str) -> None:
-        self._reject(conn, ProtocolError(408, detail), now)
-
-    def _shutdown_step(self, now: float) -> bool:
-        """Stop accepting, close idle connections, let in-flight ones finish; True when done."""
-        if self.listener is not None:
-            self._accept(now)  # connections the kernel already completed are ours to serve, not to reset
-            self.poller.remove(self._listen_fd)
-            self.listener.close()
-            self.listener = None
-        pending = False
-        for conn in list(self.conns.values()):
-            if conn.busy:
-                pending = True
-            elif conn.draining:
-                pending = True  # its last response is out; the sweep closes it by its drain deadline
-            elif conn.parser.phase is Phase.IDLE:
-                if now - conn.idle_since < _STOP_IDLE_GRACE or _has_input(conn):
-                    pending = True  # its next request may already be on the way: answered with Connection: close
-                else:
-                    self.close(conn)
-            else:
-                pending = True  # a request is arriving; it gets its answer with Connection: close
-        return not pending or now >= self._stop_deadline
-
-    def _finish(self) -> None:
-        for conn in list(self.conns.values()):
-            self.close(conn)
-        self.pool.shutdown(timeout=1.0)
-        self.poller.close()
-        for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-
-def _has_input(conn: Connection) -> bool:
-    """Bytes already waiting on the socket (the loop reads them on its next poll)."""
-    try:
-        return conn.sock.recv(1, socket.MSG_PEEK) != b""
-    except OSError:  # BlockingIOError: nothing is waiting
-        return False
+        conn.closed = True
+        if self.conns.get(conn.fd) is conn:
+            del self.conns[conn.fd]
+        self.poller.remove(conn.fd)
+        conn.close()
 
 
 def make_signal_handler(reactor: Reactor) -> Callable[[int, object], None]:
