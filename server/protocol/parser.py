@@ -319,17 +319,9 @@ class RequestParser:
         while True:
             state = self._state
             if state is _State.CHUNK_SIZE:
-                end = buf.find(b"\r\n")
-                if end < 0:
-                    if len(buf) > limits.max_chunk_ext:
-                        raise ProtocolError(400, f"chunk size line is longer than {limits.max_chunk_ext} bytes")
-                    if b"\n" in buf or b"\r" in buf[:-1]:
-                        raise ProtocolError(400, "chunk size line must end with CRLF")
+                line = self._take_line(limits.max_chunk_ext, 400, "chunk size line")
+                if line is None:
                     return False
-                if end > limits.max_chunk_ext:
-                    raise ProtocolError(400, f"chunk size line is longer than {limits.max_chunk_ext} bytes")
-                line = bytes(buf[:end])
-                del buf[: end + 2]
                 match = _CHUNK_LINE.fullmatch(line)
                 if match is None:
                     raise ProtocolError(400, f"invalid chunk size line {line[:40].decode('latin-1')!r}; "
@@ -356,25 +348,34 @@ class RequestParser:
                 del buf[:2]
                 self._state = _State.CHUNK_SIZE
             else:  # trailers: validated for framing, then dropped
-                end = buf.find(b"\r\n")
-                if end < 0:
-                    if len(buf) > limits.max_header_size:
-                        raise ProtocolError(431, f"a trailer field is longer than {limits.max_header_size} bytes")
-                    if b"\n" in buf or b"\r" in buf[:-1]:
-                        raise ProtocolError(400, "trailer lines must end with CRLF")
+                line = self._take_line(limits.max_header_size, 431, "a trailer field")
+                if line is None:
                     return False
-                line = bytes(buf[:end])
-                del buf[: end + 2]
                 if not line:
                     return True
                 self._trailer_count += 1
-                self._trailer_bytes += end
+                self._trailer_bytes += len(line)
                 if self._trailer_count > limits.max_header_count or self._trailer_bytes > limits.max_headers_total:
                     raise ProtocolError(431, "too many or too large trailer fields")
-                if end > limits.max_header_size:
-                    raise ProtocolError(431, f"a trailer field is longer than {limits.max_header_size} bytes")
                 if _FIELD.fullmatch(line) is None:
                     raise _field_error(line, kind="trailer")
+
+
+    def _take_line(self, limit: int, status: int, what: str) -> bytes | None:
+        """One CRLF-ended line off the buffer (without its CRLF), or None until it has all arrived."""
+        buf = self._buf
+        end = buf.find(b"\r\n")
+        if end < 0:
+            if len(buf) > limit:
+                raise ProtocolError(status, f"{what} is longer than {limit} bytes")
+            if b"\n" in buf or b"\r" in buf[:-1]:
+                raise ProtocolError(400, f"{what} must end with CRLF")
+            return None
+        if end > limit:
+            raise ProtocolError(status, f"{what} is longer than {limit} bytes")
+        line = bytes(buf[:end])
+        del buf[: end + 2]
+        return line
 
 
 def _check_codings(codings: list[str]) -> None:
