@@ -360,7 +360,6 @@ class RequestParser:
                 if _FIELD.fullmatch(line) is None:
                     raise _field_error(line, kind="trailer")
 
-
     def _take_line(self, limit: int, status: int, what: str) -> bytes | None:
         """One CRLF-ended line off the buffer (without its CRLF), or None until it has all arrived."""
         buf = self._buf
