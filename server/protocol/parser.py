@@ -385,6 +385,8 @@ def _check_codings(codings: list[str]) -> None:
         name = coding.split(";", 1)[0].strip()
         if not _TOKEN.fullmatch(name.encode("latin-1")):
             raise ProtocolError(400, f"invalid transfer coding {coding!r}")
+    if any(c.split(";", 1)[0].strip() == "chunked" and c != "chunked" for c in codings):
+        raise ProtocolError(400, "the chunked transfer coding takes no parameters")
     if codings[-1] != "chunked":
         last = codings[-1].split(";", 1)[0].strip()
         if last in _KNOWN_CODINGS:

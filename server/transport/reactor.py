@@ -43,6 +43,7 @@ from .poller import Poller
 STALL = 0.002  # seconds inside one request before another thread takes over the poller
 _RECV_SIZE = 65536
 _SWEEP_EVERY = 0.25
+_SHUTDOWN_STEP_EVERY = 0.05
 _POLL_TIMEOUT = 0.25
 _QUIET_BEFORE_CLOSE = 1.0  # at shutdown, idle keep-alive connections are closed once this quiet
 _DRAIN_LIMIT = 1 << 20  # bytes a closing connection may still send us before we cut it off
@@ -126,17 +127,21 @@ class Reactor:
         waker = select.poll()
         waker.register(self._main_r, select.POLLIN)
         next_sweep = monotonic() + _SWEEP_EVERY
+        stop_seen = False
         while True:
             waker.poll(STALL * 1000)
             with contextlib.suppress(OSError):
                 os.read(self._main_r, 4096)
             now = monotonic()
             self._watch_leader(now)
-            if now >= next_sweep or self.stopping:
+            if self.stopping and not stop_seen:
+                stop_seen = True
+                next_sweep = now  # begin shutting down at once
+            if now >= next_sweep:
                 self._sweep(now)
-                next_sweep = now + _SWEEP_EVERY
                 if self.stopping and self._shutdown_step(now):
                     break
+                next_sweep = now + (_SHUTDOWN_STEP_EVERY if self.stopping else _SWEEP_EVERY)
         self._finish()
 
     def _watch_leader(self, now: float) -> None:
@@ -187,10 +192,14 @@ class Reactor:
     def _shutdown_step(self, now: float) -> bool:
         """Stop accepting, close idle connections, let in-flight ones finish; True when done."""
         if self.listener is not None:
-            self.poller.remove(self._listen_fd)
-            self.listener.close()
-            self.listener = None
-        pending = False
+            # The leader retires the listener, after accepting what the kernel already completed:
+            # closing it from here would reset those connections unanswered.
+            self._wake_leader()
+            pending = True
+            if now >= self._stop_deadline:
+                self._retire_listener()  # no leader came free within the grace period
+        else:
+            pending = False
         for conn in list(self.conns.values()):
             if not conn.lock.acquire(blocking=False):
                 pending = True  # in the middle of a request
@@ -251,6 +260,9 @@ class Reactor:
         poll = self.poller.poll
         backlog = self.backlog
         while self._leader is me and not self._done:
+            if self.stopping and self.listener is not None:
+                self._accept()
+                self._retire_listener()
             if not backlog:
                 try:
                     backlog.extend(poll(_POLL_TIMEOUT))
@@ -330,6 +342,13 @@ class Reactor:
             conn = Connection(sock, peer[:2], RequestParser(self.limits), now, self.settings.send_timeout)
             self.conns[conn.fd] = conn
             self.poller.add(conn.fd)
+
+    def _retire_listener(self) -> None:
+        with self._lock:  # the leader and, past the deadline, the main thread may both get here
+            listener, self.listener = self.listener, None
+            if listener is not None:
+                self.poller.remove(self._listen_fd)
+                listener.close()
 
     def _refuse(self, sock: socket.socket) -> None:
         """Over the connection limit: a fast 503 instead of unbounded memory and descriptors."""
