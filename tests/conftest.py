@@ -7,6 +7,7 @@ process on a free port and waits for its ready line, never for a fixed sleep.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import re
 import shutil
@@ -14,11 +15,13 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -248,6 +251,21 @@ class RawClient:
             self.sock.close()
 
 
+def fetch(url: str, path: str, method: str = "GET", body: bytes | None = None,
+          headers: dict[str, str] | None = None, source: str | None = None,
+          timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+    """One request on a fresh connection with the standard library's client: (status, lower-case headers, body)."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout,
+                                      source_address=(source, 0) if source else None)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
 @pytest.fixture
 def raw(calc_server: ServerProcess) -> Iterator[RawClient]:
     """A raw TCP connection to the shared calculator server."""
@@ -273,7 +291,7 @@ def raw_factory() -> Iterator:
 
 # -- process inspection (Linux /proc): worker pids, and leak checks of threads and descriptors ----------------
 
-def wait_until(predicate, timeout: float = 10.0, what: str = "condition"):
+def wait_until(predicate, timeout: float = 10.0, what: str = "condition", interval: float = 0.02):
     """Poll ``predicate`` until it returns something truthy and return that; fail after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
@@ -282,7 +300,7 @@ def wait_until(predicate, timeout: float = 10.0, what: str = "condition"):
             return value
         if time.monotonic() >= deadline:
             raise AssertionError(f"{what} not reached within {timeout}s")
-        time.sleep(0.02)
+        time.sleep(interval)
 
 
 def proc_threads(pid: int) -> int:
@@ -373,9 +391,6 @@ def start_nginx(upstream: str | tuple[str, int], workers: int = 1, timeout: floa
 
     ``values`` override template variables, e.g. ``NGINX_RATE_LIMIT="1r/m"``.
     """
-    import http.client
-    import tempfile
-
     binary = require_tool("nginx", "the reverse-proxy tests run nginx natively")
     if isinstance(upstream, tuple):
         host, port = upstream

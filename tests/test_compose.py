@@ -12,7 +12,7 @@ present, else the stand-ins scripts/docker-setup builds (there is no registry to
 from __future__ import annotations
 
 import contextlib
-import http.client
+import functools
 import json
 import os
 import shutil
@@ -20,11 +20,12 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from conftest import IN_CI, ROOT, require_tool
+from conftest import IN_CI, ROOT, require_tool, wait_until
+from conftest import fetch as http_fetch
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -50,27 +51,13 @@ def run(cmd: list[str], timeout: float = 120, check: bool = True, env: dict[str,
     return proc
 
 
-def poll(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.5):
-    """``predicate``'s first truthy value within ``timeout`` seconds (for checks that shell out to docker)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        time.sleep(interval)
+# docker commands are slow to answer: look every half second
+poll = functools.partial(wait_until, interval=0.5)
 
 
 def fetch(port: int, path: str, method: str = "GET", body: bytes | None = None,
           headers: dict[str, str] | None = None, timeout: float = 15.0) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-    finally:
-        conn.close()
+    return http_fetch(f"http://127.0.0.1:{port}", path, method, body, headers, timeout=timeout)
 
 
 def docker_engine() -> str:

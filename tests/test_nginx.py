@@ -7,7 +7,6 @@ nginx runs natively (not in Docker) with nginx/templates/default.conf.template r
 
 from __future__ import annotations
 
-import http.client
 import json
 import re
 import socket
@@ -16,7 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import NGINX_DEFAULTS, NGINX_TEMPLATE, ROOT, RawClient, wait_until
+from conftest import NGINX_DEFAULTS, NGINX_TEMPLATE, ROOT, RawClient, fetch, wait_until
 
 pytestmark = pytest.mark.nginx
 
@@ -31,21 +30,6 @@ def echo_app(environ, start_response):
     body = json.dumps({key: environ.get(key) for key in keys}).encode()
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
     return [body]
-
-
-def fetch(url: str, path: str, method: str = "GET", body: bytes | None = None,
-          headers: dict[str, str] | None = None, source: str | None = None,
-          timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
-    """One request on a fresh connection: (status, lower-case headers, body)."""
-    parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout,
-                                      source_address=(source, 0) if source else None)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-    finally:
-        conn.close()
 
 
 def assert_problem(status: int, headers: dict[str, str], body: bytes, expected: int) -> dict:
