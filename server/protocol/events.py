@@ -19,6 +19,7 @@ class Request:
     path: str
     query: str
     version: str  # "HTTP/1.1" or "HTTP/1.0", as the client spoke it
+    http11: bool
     headers: list[tuple[str, str]]
     host: str | None
     scheme: str | None  # from an absolute-form target, else None
@@ -26,10 +27,6 @@ class Request:
     expect_continue: bool
     chunked: bool
     body: bytes = b""
-
-    @property
-    def http11(self) -> bool:
-        return self.version == "HTTP/1.1"
 
     def header(self, name: str) -> str | None:
         """First value of a header (name in lower case), or None."""

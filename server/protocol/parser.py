@@ -57,6 +57,9 @@ class _State(enum.Enum):
     TRAILERS = 5
 
 
+_HEAD = _State.HEAD  # module constant: an enum attribute lookup on the hot path costs more
+
+
 class RequestParser:
     """Turns a byte stream into ``Request`` objects, one complete request at a time."""
 
@@ -116,7 +119,9 @@ class RequestParser:
         Raises ProtocolError for anything malformed; the parser must not be
         used after that, the stream has lost its framing.
         """
-        if self._state is _State.HEAD:
+        if self._state is _HEAD:
+            if not self._buf:
+                return None  # the usual state right after a request was answered
             request = self._parse_head()
             if request is None:
                 return None
@@ -291,8 +296,8 @@ class RequestParser:
             length = int(raw_length)
 
         keep_alive = not close if http11 else (keep_alive_token and not close)
-        request = Request(method, target, path, query, "HTTP/1.1" if http11 else "HTTP/1.0", headers, host,
-                          scheme, keep_alive, expect_continue, chunked)
+        request = Request(method, target, path, query, "HTTP/1.1" if http11 else "HTTP/1.0", http11, headers,
+                          host, scheme, keep_alive, expect_continue, chunked)
         if chunked:
             self._state = _State.CHUNK_SIZE
             self._trailer_bytes = self._trailer_count = 0

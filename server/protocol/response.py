@@ -19,7 +19,7 @@ class ResponsePlan:
     content_length: int | None  # declared length, so the sender can enforce it
 
 
-def plan_response(*, status: str, headers: list[tuple[str, str]], http11: bool, head_only: bool,
+def plan_response(status: str, headers: list[tuple[str, str]], http11: bool, head_only: bool,
                   keep_alive: bool, length_hint: int | None, date: str, server: str) -> ResponsePlan:
     """Decide the framing of one response and render its head.
 
@@ -79,5 +79,4 @@ def plan_response(*, status: str, headers: list[tuple[str, str]], http11: bool, 
         # a CR or LF inside a name or value would let the application split the response
         raise ValueError("response header holds a line break")
     head = text.encode("latin-1")
-    return ResponsePlan(head=head, chunked=chunked and send_body, send_body=send_body,
-                        keep_alive=keep_alive, content_length=content_length)
+    return ResponsePlan(head, chunked and send_body, send_body, keep_alive, content_length)

@@ -18,6 +18,8 @@ import threading
 class EpollPoller:
     """Linux: connections edge-triggered, the listener and wake-up pipe level-triggered."""
 
+    needs_rearm = False
+
     def __init__(self) -> None:
         self._epoll = select.epoll()
         self._edge = select.EPOLLIN | select.EPOLLET | select.EPOLLRDHUP

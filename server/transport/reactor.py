@@ -78,6 +78,7 @@ class Reactor:
         self.access_log = access_log
         self.limits = limits_from(settings)
         self.poller = Poller()
+        self._rearm_needed = self.poller.needs_rearm
         self.conns: dict[int, Connection] = {}
         # Work a leader must do besides polling: events a demoted leader had not reached,
         # and connections set aside after max_pipeline requests so one client cannot hog a thread.
@@ -439,11 +440,13 @@ class Reactor:
             traceback.print_exc(file=sys.stderr)
             self._close(conn)
             return False
-        if conn.head_started is None and parser.phase is not Phase.IDLE:
-            conn.head_started = now
-        if parser.take_continue() and not conn.send_nowait(CONTINUE):
-            self._close(conn)
-            return False
+        phase = parser.phase
+        if phase is not Phase.IDLE:  # part of a next request is here, or its body is awaited
+            if conn.head_started is None and phase is Phase.HEAD:
+                conn.head_started = now
+            if parser.take_continue() and not conn.send_nowait(CONTINUE):
+                self._close(conn)
+                return False
         self._rearm(conn)
         return False
 
@@ -457,6 +460,8 @@ class Reactor:
         self._rearm(conn)
 
     def _rearm(self, conn: Connection) -> None:
+        if not self._rearm_needed:
+            return  # edge-triggered: the registration stays armed
         try:
             self.poller.rearm(conn.fd)
         except OSError:
