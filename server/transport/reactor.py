@@ -110,6 +110,9 @@ class Reactor:
         if not self.stopping:
             self.stopping = True
             self._stop_deadline = monotonic() + self.settings.graceful_timeout
+        self._wake_main()
+
+    def _wake_main(self) -> None:
         with contextlib.suppress(OSError):
             os.write(self._main_w, b"\0")
 
@@ -130,7 +133,8 @@ class Reactor:
         next_sweep = monotonic() + _SWEEP_EVERY
         stop_seen = False
         while True:
-            waker.poll(STALL * 1000)
+            # Stalls need watching only while there are clients; an idle server wakes 4 times a second.
+            waker.poll((STALL if self.conns or self.stopping else _SWEEP_EVERY) * 1000)
             with contextlib.suppress(OSError):
                 os.read(self._main_r, 4096)
             now = monotonic()
@@ -341,6 +345,8 @@ class Reactor:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn = Connection(sock, peer[:2], RequestParser(self.limits), now, self.settings.send_timeout)
+            if not self.conns:
+                self._wake_main()  # from now on stalls need watching: switch to the short tick
             self.conns[conn.fd] = conn
             self.poller.add(conn.fd)
 
