@@ -17,9 +17,8 @@ from .events import Request
 from .limits import Limits
 
 _TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
-_REQUEST_LINE = re.compile(rb"(" + _TCHAR + rb"+) ([^\x00-\x20\x7f]+) HTTP/([0-9])\.([0-9])")
-# The same, over the decoded head; includes the line's CRLF so the match ends where headers start.
-_REQUEST_LINE_TEXT = re.compile(_REQUEST_LINE.pattern.decode() + r"\r\n")
+# Over the decoded head; includes the line's CRLF so the match ends where the headers start.
+_REQUEST_LINE_TEXT = re.compile(r"(" + _TCHAR.decode() + r"+) ([^\x00-\x20\x7f]+) HTTP/([0-9])\.([0-9])\r\n")
 _ANY_VERSION = re.compile(rb"\S+ \S+ HTTP/[0-9]+\.[0-9]+")
 # A field value may hold HTAB, SP, visible ASCII and obs-text; never other controls.
 _FIELD = re.compile(rb"(" + _TCHAR + rb"+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*)")
@@ -32,8 +31,7 @@ _CHUNK_LINE = re.compile(
     rb"(?:[ \t]*;[ \t]*" + _TCHAR + rb"+"
     rb"(?:[ \t]*=[ \t]*(?:" + _TCHAR + rb"+|\"(?:[^\"\\\x00-\x08\x0a-\x1f\x7f]|\\[\t -~\x80-\xff])*\"))?)*"
 )
-_HOST = re.compile(rb"[A-Za-z0-9\-._~!$&'()*+,;=:\[\]%]*")
-_HOST_TEXT = re.compile(_HOST.pattern.decode())
+_HOST_TEXT = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:\[\]%]*")
 _ABSOLUTE_TEXT = re.compile(r"([A-Za-z][A-Za-z0-9+\-.]*)://([^/?#]*)([^?#]*)(?:\?([^#]*))?")
 _BARE_EOL = re.compile(rb"\r(?!\n|\Z)|(?<!\r)\n")
 _FRAMING_FIELDS = frozenset({"host", "content-length", "transfer-encoding", "connection", "expect"})
