@@ -14,7 +14,10 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from .protocol import Limits
+
 ENV_PREFIX = "CALC_"
+_PARSER = Limits()  # the parser's own defaults, so the numbers live in one place
 
 
 def _bool(text: str) -> bool:
@@ -99,13 +102,17 @@ OPTIONS: tuple[Option, ...] = (
            "Seconds a response write may stall before the client is dropped (slow readers)."),
     Option("graceful_timeout", 30.0, _seconds,
            "Seconds in-flight requests get to finish after SIGTERM/SIGINT before the process exits."),
-    Option("max_request_line", 8190, _positive_int, "Longest request line in bytes (414 beyond)."),
-    Option("max_header_count", 100, _positive_int, "Most header fields in one request (431 beyond)."),
-    Option("max_header_size", 8190, _positive_int, "Longest single header field line in bytes (431 beyond)."),
-    Option("max_headers_total", 65536, _positive_int, "Most bytes in the whole request head (431 beyond)."),
-    Option("max_body_size", 1048576, _non_negative_int,
+    Option("max_request_line", _PARSER.max_request_line, _positive_int, "Longest request line in bytes (414 beyond)."),
+    Option("max_header_count", _PARSER.max_header_count, _positive_int,
+           "Most header fields in one request (431 beyond)."),
+    Option("max_header_size", _PARSER.max_header_size, _positive_int,
+           "Longest single header field line in bytes (431 beyond)."),
+    Option("max_headers_total", _PARSER.max_headers_total, _positive_int,
+           "Most bytes in the whole request head (431 beyond)."),
+    Option("max_body_size", _PARSER.max_body_size, _non_negative_int,
            "Largest request body in bytes, Content-Length or chunked (413 beyond)."),
-    Option("max_chunk_ext", 1024, _positive_int, "Longest chunk-extension / chunk-size line in bytes."),
+    Option("max_chunk_ext", _PARSER.max_chunk_ext, _positive_int,
+           "Longest chunk-extension / chunk-size line in bytes."),
     Option("max_pipeline", 32, _positive_int,
            "Requests a client may queue on one connection before the server stops reading from it."),
     Option("forwarded_allow_ips", ("127.0.0.1", "::1"), _networks,
@@ -131,16 +138,22 @@ class Settings:
     body_timeout: float = 30.0
     send_timeout: float = 30.0
     graceful_timeout: float = 30.0
-    max_request_line: int = 8190
-    max_header_count: int = 100
-    max_header_size: int = 8190
-    max_headers_total: int = 65536
-    max_body_size: int = 1048576
-    max_chunk_ext: int = 1024
+    max_request_line: int = _PARSER.max_request_line
+    max_header_count: int = _PARSER.max_header_count
+    max_header_size: int = _PARSER.max_header_size
+    max_headers_total: int = _PARSER.max_headers_total
+    max_body_size: int = _PARSER.max_body_size
+    max_chunk_ext: int = _PARSER.max_chunk_ext
     max_pipeline: int = 32
     forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
     access_log: bool = True
     server_header: str = "calc-server"
+
+    def limits(self) -> Limits:
+        """The parser's share of the settings."""
+        return Limits(max_request_line=self.max_request_line, max_header_count=self.max_header_count,
+                      max_header_size=self.max_header_size, max_headers_total=self.max_headers_total,
+                      max_body_size=self.max_body_size, max_chunk_ext=self.max_chunk_ext)
 
 
 def _check_table() -> None:

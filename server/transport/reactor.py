@@ -34,7 +34,7 @@ from time import monotonic
 
 from ..accesslog import AccessLog
 from ..config import Settings
-from ..protocol import Limits, Phase, ProtocolError, RequestParser
+from ..protocol import Phase, ProtocolError, RequestParser
 from ..protocol.writer import CONTINUE, error_response
 from ..wsgi import WSGIRunner
 from .connection import Connection
@@ -49,12 +49,6 @@ _QUIET_BEFORE_CLOSE = 1.0  # at shutdown, idle keep-alive connections are closed
 _DRAIN_LIMIT = 1 << 20  # bytes a closing connection may still send us before we cut it off
 _HANGUP = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0x2000)
 _ACCEPT_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-
-
-def limits_from(settings: Settings) -> Limits:
-    return Limits(max_request_line=settings.max_request_line, max_header_count=settings.max_header_count,
-                  max_header_size=settings.max_header_size, max_headers_total=settings.max_headers_total,
-                  max_body_size=settings.max_body_size, max_chunk_ext=settings.max_chunk_ext)
 
 
 class _Worker:
@@ -76,7 +70,7 @@ class Reactor:
         self.runner = runner
         self.settings = settings
         self.access_log = access_log
-        self.limits = limits_from(settings)
+        self.limits = settings.limits()
         self.poller = Poller()
         self._rearm_needed = self.poller.needs_rearm
         self.conns: dict[int, Connection] = {}
