@@ -18,7 +18,7 @@ class Connection:
     """Whoever works on a connection holds its lock: the thread serving it, or the timeout sweep."""
 
     __slots__ = ("closed", "dirty", "drain_deadline", "drained", "draining", "fd", "hangup", "head_started",
-                 "idle_since", "last_io", "lock", "parser", "peer", "send_timeout", "served", "sock")
+                 "idle_since", "last_io", "lock", "parser", "peer", "send_timeout", "served", "set_aside", "sock")
 
     def __init__(self, sock: socket.socket, peer: tuple[str, int], parser: RequestParser, now: float,
                  send_timeout: float) -> None:
@@ -31,6 +31,7 @@ class Connection:
         self.closed = False
         self.dirty = False  # readable since its owner last read: the owner reads again before letting go
         self.hangup = False  # the peer closed its side; its EOF is still to be read
+        self.set_aside = False  # in the backlog with complete requests buffered (fairness)
         self.served = 0
         self.idle_since = now  # when the connection last became idle (accept or end of a response)
         self.head_started: float | None = None  # first byte of the request head now being received

@@ -367,6 +367,12 @@ class Reactor:
         Caller holds conn.lock.
         """
         now = monotonic()
+        if conn.set_aside:
+            # It was set aside with complete requests still buffered (a client pipelining without
+            # reading its answers): serve those before reading more, so its buffer stays bounded.
+            conn.set_aside = False
+            conn.dirty = True  # and read once they are answered
+            return self._serve(conn, now, me)
         try:
             data = conn.sock.recv(_RECV_SIZE)
         except BlockingIOError:
@@ -430,6 +436,7 @@ class Reactor:
                     return False
             else:
                 if parser.buffered:
+                    conn.set_aside = True
                     self.backlog.append(conn)  # more pipelined requests: let others go first
                     self._wake_leader()
                     return True
