@@ -57,6 +57,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _header_value(text: str) -> str:
+    """Printable ASCII only: it is written into every response head as it is."""
+    if not all(" " <= c <= "~" for c in text):
+        raise ValueError(f"must be printable ASCII, got {text!r}")
+    return text.strip()
+
+
 def _networks(text: str) -> tuple[str, ...]:
     """A comma list of addresses or CIDR blocks; ``*`` trusts every peer."""
     items = tuple(part.strip() for part in text.split(",") if part.strip())
@@ -118,7 +125,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("forwarded_allow_ips", ("127.0.0.1", "::1"), _networks,
            "Peers (addresses or CIDR, * for any) whose X-Forwarded-For/-Proto are trusted."),
     Option("access_log", True, _bool, "Write one access-log line per request to stdout.", flag_only_true=True),
-    Option("server_header", "calc-server", str, "Value of the Server response header; empty to omit it."),
+    Option("server_header", "calc-server", _header_value, "Value of the Server response header; empty to omit it."),
 )
 
 
@@ -174,6 +181,18 @@ def _render_default(option: Option) -> str:
     return str(option.default)
 
 
+def _flag_parser(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """argparse shows only the type's name for a ValueError; this passes on what was wrong."""
+
+    def checked(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+
+    return checked
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python3 -m server",
@@ -187,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(f"--no-{option.name.replace('_', '-')}", dest=option.name,
                                 action="store_const", const=False, default=None, help=help_text)
         else:
-            parser.add_argument(option.flag, dest=option.name, type=option.parse,
+            parser.add_argument(option.flag, dest=option.name, type=_flag_parser(option.parse),
                                 default=None, metavar=option.name.upper(), help=help_text)
     return parser
 

@@ -40,8 +40,10 @@ def test_environment_sets_options_and_flags_win():
 
 
 @pytest.mark.parametrize(("args", "env", "message"), [
-    (["--threads", "0"], {}, "--threads"),
-    (["--port", "70000"], {}, "--port"),
+    (["--threads", "0"], {}, "--threads: '0': must be at least 1"),
+    (["--port", "70000"], {}, "--port: '70000': port must be 0..65535"),
+    (["--server-header", "a\r\nX-Injected: 1"], {}, "--server-header: 'a\\r\\nX-Injected: 1': must be printable ASCII"),
+    ([], {"CALC_SERVER_HEADER": "a\nb"}, "CALC_SERVER_HEADER"),
     ([], {"CALC_WORKERS": "many"}, "CALC_WORKERS"),
     ([], {"CALC_ACCESS_LOG": "perhaps"}, "CALC_ACCESS_LOG"),
     ([], {"CALC_FORWARDED_ALLOW_IPS": "not-an-ip"}, "CALC_FORWARDED_ALLOW_IPS"),

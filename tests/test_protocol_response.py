@@ -90,3 +90,34 @@ def test_error_response_is_problem_json():
 def test_http_date_and_status_line():
     assert http_date(784111777) == "Sun, 06 Nov 1994 08:49:37 GMT"  # the example date in RFC 9110
     assert status_line(404) == "404 Not Found"
+
+
+@pytest.mark.parametrize("headers", [
+    [("Bad Name", "v")], [("X-Nul", "a\x00b")], [("X-Wide", "\u2603")],
+    [("Content-Length", "3"), ("Content-Length", "4")], [("Content-Length", "\u0661")],
+])
+def test_more_headers_that_are_refused(headers):
+    with pytest.raises(ValueError):
+        plan(headers=headers)
+
+
+@pytest.mark.parametrize("headers", [[["X-List", "v"]], [("X-Int", 1)], [("X-Three", "a", "b")], "X: v", [("X", ["v"])]])
+def test_headers_that_are_not_str_pairs_are_a_type_error(headers):
+    with pytest.raises(TypeError, match="str, str"):
+        plan(headers=headers)
+
+
+@pytest.mark.parametrize("status", ["200", "2000 OK", "20x OK", "600 Big", "200 O\r\nK", 200, "200 \u2603"])
+def test_bad_status_lines_are_refused(status):
+    with pytest.raises(ValueError):
+        plan(status=status)
+
+
+def test_remembered_headers_render_the_same_as_new_ones():
+    headers = [("X-Seen", "again"), ("Content-Length", "2")]
+    first, second = plan(headers=list(headers)), plan(headers=list(headers))
+    assert first.head == second.head and first.content_length == second.content_length == 2
+    assert "X-Seen: again" in head_lines(second) and head_lines(second).count("Content-Length: 2") == 1
+    # a header once remembered as valid does not make a bad one pass
+    with pytest.raises(ValueError):
+        plan(headers=[("X-Seen", "again\r\nX-Injected: 1")])

@@ -22,9 +22,10 @@ _REQUEST_LINE_TEXT = re.compile(r"(" + _TCHAR.decode() + r"+) ([^\x00-\x20\x7f]+
 _ANY_VERSION = re.compile(rb"\S+ \S+ HTTP/[0-9]+\.[0-9]+")
 # A field value may hold HTAB, SP, visible ASCII and obs-text; never other controls.
 _FIELD = re.compile(rb"(" + _TCHAR + rb"+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*)")
-# All header lines at once: one C-level pass instead of a regex call per line. Anchored at
-# line starts, so a line that does not match entirely shows up as a missing match.
-_FIELDS = re.compile(r"^(" + _TCHAR.decode() + r"+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*\r\n", re.M)
+# All header lines at once: one C-level pass instead of a regex call per line. A match starts
+# only at the block's start or right after a CRLF and ends with a CRLF, so a line that is not a
+# valid field in full (a bare CR or LF included) shows up as one match fewer than CRLFs.
+_FIELDS = re.compile(r"(?:\A|(?<=\r\n))(" + _TCHAR.decode() + r"+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*\r\n")
 _TOKEN = re.compile(_TCHAR + rb"+")
 _CHUNK_LINE = re.compile(
     rb"([0-9A-Fa-f]{1,16})"
@@ -55,7 +56,8 @@ class _State(enum.Enum):
     TRAILERS = 5
 
 
-_HEAD = _State.HEAD  # module constant: an enum attribute lookup on the hot path costs more
+_HEAD = _State.HEAD  # module constants: an enum attribute lookup on the hot path costs more
+_LENGTH_BODY = _State.LENGTH_BODY
 
 
 class RequestParser:
@@ -117,50 +119,60 @@ class RequestParser:
         Raises ProtocolError for anything malformed; the parser must not be
         used after that, the stream has lost its framing.
         """
-        if self._state is _HEAD:
-            if not self._buf:
-                return None  # the usual state right after a request was answered
-            request = self._parse_head()
-            if request is None:
+        if self._state is not _HEAD:
+            return self._next_body()
+        buf = self._buf
+        if not buf:
+            return None  # the usual state right after a request was answered
+        if buf[0] == 13:  # CR: RFC 9112 2.2 tolerates a few empty lines between requests
+            self._skip_empty_lines()
+            if not buf:
                 return None
+        end = buf.find(b"\r\n\r\n", self._scan_from)
+        if end < 0:
+            self._check_incomplete_head()
+            self._scan_from = max(0, len(buf) - 3)
+            return None
+        if end + 4 == len(buf):  # the usual case: the buffer holds exactly this head
+            text = buf.decode("latin-1")
+            buf.clear()
         else:
-            request = self._pending
-            assert request is not None
-        if self._state is _State.LENGTH_BODY:
+            text = buf[: end + 4].decode("latin-1")
+            del buf[: end + 4]
+        self._scan_from = 0
+        self._empty_lines = 0
+        if end > self._limits.max_headers_total:
+            raise ProtocolError(431, f"request head is larger than {self._limits.max_headers_total} bytes")
+        request = self._interpret(text)
+        if self._state is _HEAD:
+            return request
+        self._pending = request
+        return self._next_body()
+
+    def _next_body(self) -> Request | None:
+        """The pending request once its body is complete."""
+        request = self._pending
+        assert request is not None
+        if self._state is _LENGTH_BODY:
             if not self._read_length_body():
                 return None
-        elif self._state is not _State.HEAD and not self._read_chunked_body():
+        elif not self._read_chunked_body():
             return None
-        if self._state is not _State.HEAD:
-            request.body = bytes(self._body)
-            self._body = bytearray()
-            self._state = _State.HEAD
+        request.body = bytes(self._body)
+        self._body = bytearray()
+        self._state = _HEAD
         self._pending = None
         self._continue_due = False
         return request
 
-    def _parse_head(self) -> Request | None:
+    def _skip_empty_lines(self) -> None:
         buf = self._buf
-        if not buf:
-            return None  # the usual state after answering a request: nothing to check
-        limits = self._limits
-        while buf[:2] == b"\r\n":  # RFC 9112 2.2: tolerate a few empty lines between requests
+        while buf[:2] == b"\r\n":
             del buf[:2]
             self._empty_lines += 1
-            if self._empty_lines > limits.max_leading_empty_lines:
+            if self._empty_lines > self._limits.max_leading_empty_lines:
                 raise ProtocolError(400, "too many empty lines before the request line")
-        end = buf.find(b"\r\n\r\n", max(0, self._scan_from - 3))
-        if end < 0:
-            self._check_incomplete_head()
-            self._scan_from = len(buf)
-            return None
-        head = bytes(buf[:end])
-        del buf[: end + 4]
         self._scan_from = 0
-        self._empty_lines = 0
-        if len(head) > limits.max_headers_total:
-            raise ProtocolError(431, f"request head is larger than {limits.max_headers_total} bytes")
-        return self._interpret(head)
 
     def _check_incomplete_head(self) -> None:
         """Reject early what can never become a valid head, instead of waiting for a timeout."""
@@ -184,8 +196,7 @@ class RequestParser:
         if count > limits.max_header_count:
             raise ProtocolError(431, f"more than {limits.max_header_count} header fields")
         fields = _FIELDS.findall(block)
-        if (len(fields) != count or block.count("\n") != count or block.count("\r") != count
-                or len(block) > limits.max_header_size):
+        if len(fields) != count or len(block) > limits.max_header_size:
             self._check_lines(block)  # raises with the exact problem, or passes long-but-valid heads
         return [(name.lower(), value) for name, value in fields]
 
@@ -197,39 +208,40 @@ class RequestParser:
             if _FIELD.fullmatch(raw) is None:
                 raise _field_error(raw)
 
-    def _interpret(self, head: bytes) -> Request:
-        """The head, without its final empty line, into a Request; the one place framing is decided."""
+    def _interpret(self, text: str) -> Request:
+        """A decoded head, ending in its empty line, into a Request; the one place framing is decided."""
         limits = self._limits
-        text = head.decode("latin-1") + "\r\n"  # every line now ends in CRLF
         match = _REQUEST_LINE_TEXT.match(text)
-        line_end = text.find("\r\n")
-        if line_end > limits.max_request_line:
-            raise ProtocolError(414, f"request line is longer than {limits.max_request_line} bytes")
-        if match is None:
-            raise _request_line_error(head[:line_end])
+        if match is None or match.end() - 2 > limits.max_request_line:
+            line_end = text.find("\r\n")
+            if line_end > limits.max_request_line:
+                raise ProtocolError(414, f"request line is longer than {limits.max_request_line} bytes")
+            raise _request_line_error(text[:line_end].encode("latin-1"))
         method, target, major, minor = match.groups()
         if major != "1":
             raise ProtocolError(505, f"HTTP/{major}.{minor} is not supported; use HTTP/1.1")
         http11 = minor != "0"
-        block = text[match.end():]
-
-        headers = self._fields(block) if block else []
+        start = match.end()
+        headers = self._fields(text[start:-2]) if len(text) - start > 2 else []
         host: str | None = None
-        host_count = 0
-        lengths: list[str] = []
-        codings: list[str] = []
+        host_count = length_count = 0
+        raw_length = ""
+        codings: list[str] | None = None
         close = keep_alive_token = expect_continue = False
         for name, value in headers:
             if name not in _FRAMING_FIELDS:
                 continue
             if name == "host":
                 host_count += 1
-                if not _HOST_TEXT.fullmatch(value):
-                    raise ProtocolError(400, "Host header holds characters not allowed in a host name")
+                if value not in _good_hosts:
+                    _check_host(value)
                 host = value
             elif name == "content-length":
-                lengths.append(value)
+                length_count += 1
+                raw_length = value
             elif name == "transfer-encoding":
+                if codings is None:
+                    codings = []
                 codings.extend(c.strip().lower() for c in value.split(","))
             elif name == "connection":
                 for token in value.lower().split(","):
@@ -275,18 +287,17 @@ class RequestParser:
 
         chunked = False
         length = 0
-        if codings:
+        if codings is not None:
             if not http11:
                 raise ProtocolError(400, "Transfer-Encoding is not allowed in an HTTP/1.0 request")
-            if lengths:
+            if length_count:
                 raise ProtocolError(400, "Content-Length and Transfer-Encoding must not both be sent")
             codings = [c for c in codings if c]
             _check_codings(codings)
             chunked = True
-        elif lengths:
-            if len(lengths) > 1:
+        elif length_count:
+            if length_count > 1:
                 raise ProtocolError(400, "more than one Content-Length header")
-            raw_length = lengths[0]
             if not raw_length.isdigit() or not raw_length.isascii():
                 raise ProtocolError(400, f"Content-Length must be decimal digits, got {raw_length[:40]!r}")
             if len(raw_length) > 18 or int(raw_length) > limits.max_body_size:
@@ -299,11 +310,10 @@ class RequestParser:
         if chunked:
             self._state = _State.CHUNK_SIZE
             self._trailer_bytes = self._trailer_count = 0
+            self._continue_due = expect_continue
         elif length:
-            self._state = _State.LENGTH_BODY
+            self._state = _LENGTH_BODY
             self._remaining = length
-        if self._state is not _State.HEAD:
-            self._pending = request
             self._continue_due = expect_continue
         return request
 
@@ -378,6 +388,18 @@ class RequestParser:
         line = bytes(buf[:end])
         del buf[: end + 2]
         return line
+
+
+# Host values already found valid; most servers see the same few, and a lookup is cheaper than the pattern.
+_good_hosts: set[str] = set()
+_GOOD_HOSTS_LIMIT = 256
+
+
+def _check_host(value: str) -> None:
+    if not _HOST_TEXT.fullmatch(value):
+        raise ProtocolError(400, "Host header holds characters not allowed in a host name")
+    if len(_good_hosts) < _GOOD_HOSTS_LIMIT:
+        _good_hosts.add(value)
 
 
 def _check_codings(codings: list[str]) -> None:

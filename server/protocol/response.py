@@ -1,13 +1,30 @@
-"""How a response is framed: length, chunking, keep-alive, and its head in bytes (RFC 9112 6, 9)."""
+"""How a response is framed: length, chunking, keep-alive, and its head in bytes (RFC 9112 6, 9).
+
+Two steps, because a WSGI server learns a response in two steps: ``check_fields``
+validates and renders the status and header fields when the application names
+them (so a bad header fails inside ``start_response``, as PEP 3333 asks), and
+``frame`` decides the framing once the body's size is known or known to be
+unknown. Status lines and ordinary header lines that passed validation are
+remembered, because applications send the same few again and again: for those
+a dictionary lookup replaces the checks and the formatting.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 # RFC 9110 7.6.1: hop-by-hop fields belong to the connection, which the server owns.
 _HOP_BY_HOP = frozenset({"keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
                          "transfer-encoding", "upgrade", "proxy-connection"})
 _SPECIAL = _HOP_BY_HOP | {"content-length", "connection", "date", "server"}
+_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE = re.compile(r"[\x00\r\n]")  # RFC 9110 5.5: would end the line or be refused by peers
+_STATUS = re.compile(r"([1-5][0-9][0-9]) [^\x00-\x08\x0a-\x1f\x7f]*")
+_CACHE_LIMIT = 512  # distinct lines remembered; beyond it lines are checked every time
+
+_status_cache: dict[str, tuple[int, str]] = {}
+_line_cache: dict[tuple[str, str], str | int] = {}  # a rendered line, or a Content-Length value
 
 
 @dataclass(slots=True)
@@ -19,64 +36,137 @@ class ResponsePlan:
     content_length: int | None  # declared length, so the sender can enforce it
 
 
-def plan_response(status: str, headers: list[tuple[str, str]], http11: bool, head_only: bool,
-                  keep_alive: bool, length_hint: int | None, date: str, server: str) -> ResponsePlan:
-    """Decide the framing of one response and render its head.
+# What check_fields learned: status code, rendered lines (status line first), the declared
+# Content-Length, whether the application asked to close, and whether it set Date and Server.
+Fields = tuple[int, list[str], "int | None", bool, bool, bool]
 
-    ``status`` is a WSGI status line (``"200 OK"``); ``headers`` come from the
-    application; ``length_hint`` is the body size when the server already knows
-    it (the application returned a list), so no chunking is needed. Raises
-    ValueError for headers that would corrupt the stream (CR/LF, hop-by-hop).
+
+def check_fields(status: str, headers: list[tuple[str, str]]) -> Fields:
+    """Validate a WSGI status and header list and render them as lines.
+
+    Raises TypeError or ValueError for anything that is not ``str`` pairs or
+    would corrupt the stream (CR/LF, a bad name, hop-by-hop fields).
     """
-    code = int(status[:3])
-    send_body = not (head_only or code < 200 or code in (204, 304))
+    known = _status_cache.get(status) if type(status) is str else None
+    if known is None:
+        known = _check_status(status)
+    code, line = known
+    if type(headers) is not list:
+        raise TypeError("WSGI headers must be a list of (str, str) tuples")
+    lines = [line]
     content_length: int | None = None
-    have_date = have_server = False
-    out = [f"HTTP/1.1 {status}"]
-    for name, value in headers:
-        lower = name.lower()
-        if lower in _SPECIAL:
-            if lower == "content-length":
-                if not value.isdigit():
+    close = have_date = have_server = False
+    cache = _line_cache
+    for header in headers:
+        try:
+            known = cache.get(header)
+        except TypeError:  # unhashable: not a (str, str) tuple, which _check_pair will say
+            known = None
+        if type(known) is str:
+            lines.append(known)
+            continue
+        if known is None:
+            name, value = _check_pair(header)
+            lower = name.lower()
+            if lower not in _SPECIAL:
+                known = f"{name}: {value}\r\n"
+            elif lower == "content-length":
+                if not (value.isdigit() and value.isascii()) or len(value) > 18:
                     raise ValueError(f"Content-Length {value!r} is not a number")
-                content_length = int(value)
+                known = int(value)
             elif lower == "connection":
                 # Not WSGI-legal, but an application asking to close is honoured as gunicorn does.
-                if "close" in value.lower():
-                    keep_alive = False
+                close = close or "close" in value.lower()
                 continue
-            elif lower == "date":
-                have_date = True
-            elif lower == "server":
-                have_server = True
+            elif lower == "date" or lower == "server":
+                have_date = have_date or lower == "date"
+                have_server = have_server or lower == "server"
+                lines.append(f"{name}: {value}\r\n")
+                continue
             else:
                 raise ValueError(f"hop-by-hop header {name!r} must not be set by a WSGI application")
-        elif ":" in name:
-            raise ValueError(f"response header name {name!r} holds a colon")
-        out.append(f"{name}: {value}")
+            if len(cache) < _CACHE_LIMIT:
+                cache[(name, value)] = known
+            if type(known) is str:
+                lines.append(known)
+                continue
+        # a Content-Length (the cache holds its value): frame() writes the line
+        if content_length is not None and content_length != known:
+            raise ValueError(f"two different Content-Length headers: {content_length} and {known}")
+        content_length = known
+    return code, lines, content_length, close, have_date, have_server
+
+
+def frame(fields: Fields, http11: bool, head_only: bool, keep_alive: bool, length_hint: int | None,
+          date: str, server: str) -> ResponsePlan:
+    """Decide the framing of one response and render its head.
+
+    ``length_hint`` is the body size when the server already knows it (the
+    application returned a list), so no chunking is needed.
+    """
+    code, lines, content_length, close, have_date, have_server = fields
+    out = lines.copy()
     if not have_date:
-        out.append(f"Date: {date}")
+        out.append(f"Date: {date}\r\n")
     if server and not have_server:
-        out.append(f"Server: {server}")
+        out.append(f"Server: {server}\r\n")
+    bodiless = code < 200 or code == 204 or code == 304
     chunked = False
-    if content_length is None and code >= 200 and code not in (204, 304):
+    if content_length is not None:
+        out.append(f"Content-Length: {content_length}\r\n")
+    elif not bodiless:
         if length_hint is not None:
             content_length = length_hint
-            out.append(f"Content-Length: {length_hint}")
+            out.append(f"Content-Length: {length_hint}\r\n")
         elif http11:
-            chunked = True
-            out.append("Transfer-Encoding: chunked")
+            chunked = not head_only
+            out.append("Transfer-Encoding: chunked\r\n")
         elif not head_only:
             keep_alive = False  # HTTP/1.0 without a length: the end of the body is the close
-    if not keep_alive:
-        out.append("Connection: close")
+    if close or not keep_alive:
+        keep_alive = False
+        out.append("Connection: close\r\n")
     elif not http11:
-        out.append("Connection: keep-alive")
-    lines = len(out)
+        out.append("Connection: keep-alive\r\n")
     out.append("\r\n")
-    text = "\r\n".join(out)
-    if text.count("\n") != lines + 1 or text.count("\r") != lines + 1:
-        # a CR or LF inside a name or value would let the application split the response
-        raise ValueError("response header holds a line break")
-    head = text.encode("latin-1")
-    return ResponsePlan(head, chunked and send_body, send_body, keep_alive, content_length)
+    head = "".join(out).encode("latin-1")
+    return ResponsePlan(head, chunked, not (head_only or bodiless), keep_alive, content_length)
+
+
+def plan_response(status: str, headers: list[tuple[str, str]], http11: bool, head_only: bool,
+                  keep_alive: bool, length_hint: int | None, date: str, server: str) -> ResponsePlan:
+    """Both steps at once, for callers that know everything up front."""
+    return frame(check_fields(status, headers), http11, head_only, keep_alive, length_hint, date, server)
+
+
+def _check_status(status: object) -> tuple[int, str]:
+    if type(status) is not str or _STATUS.fullmatch(status) is None:
+        raise ValueError(f"WSGI status must look like '200 OK', got {status!r}")
+    known = int(status[:3]), f"HTTP/1.1 {status}\r\n"
+    try:
+        known[1].encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError(f"WSGI status must be latin-1 text, got {status!r}") from None
+    if len(_status_cache) < _CACHE_LIMIT:
+        _status_cache[status] = known
+    return known
+
+
+def _check_pair(header: object) -> tuple[str, str]:
+    """A header the cache did not know: the full checks, with a message naming the problem."""
+    if type(header) is not tuple or len(header) != 2:
+        raise TypeError(f"WSGI headers must be (str, str) tuples, got {header!r}")
+    name, value = header
+    if type(name) is not str or type(value) is not str:
+        raise TypeError(f"WSGI headers must be (str, str) tuples, got {header!r}")
+    if _NAME.fullmatch(name) is None:
+        if "\r" in name or "\n" in name:
+            raise ValueError("response header holds a line break")
+        raise ValueError(f"response header name {name!r} is not a valid token")
+    if _BAD_VALUE.search(value) is not None:
+        raise ValueError(f"response header {name!r} holds a line break or NUL")
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError(f"response header {name!r} must be latin-1 text") from None
+    return name, value

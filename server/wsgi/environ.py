@@ -28,53 +28,77 @@ class EnvironBuilder:
             "SERVER_PORT": str(server_port),
             "SCRIPT_NAME": self.script_name,
             "SERVER_SOFTWARE": "calc-server",
+            "wsgi.input_terminated": True,
+            # set for each request; present here so that copying the dict sizes it for them
+            "REQUEST_METHOD": "", "PATH_INFO": "", "QUERY_STRING": "", "SERVER_PROTOCOL": "", "REQUEST_URI": "",
+            "RAW_URI": "", "wsgi.input": None, "wsgi.url_scheme": "http", "REMOTE_ADDR": "", "REMOTE_PORT": "",
         }
 
     def build(self, request: Request, peer: tuple[str, int]) -> dict[str, Any]:
-        env = self.base.copy()
         path = request.path
         if "%" in path:
             path = unquote_to_bytes(path).decode("latin-1")
-        if self.script_name and (path == self.script_name or path.startswith(self.script_name + "/")):
-            path = path[len(self.script_name):]
+        script_name = self.script_name
+        if script_name and (path == script_name or path.startswith(script_name + "/")):
+            path = path[len(script_name):]
         body = request.body
+        target = request.target
+        env = self.base.copy()  # already holds every key set below: copying beats growing a new dict
         env["REQUEST_METHOD"] = request.method
         env["PATH_INFO"] = path
         env["QUERY_STRING"] = request.query
         env["SERVER_PROTOCOL"] = request.version
-        env["REQUEST_URI"] = request.target
-        env["RAW_URI"] = request.target
+        env["REQUEST_URI"] = env["RAW_URI"] = target
         env["wsgi.input"] = io.BytesIO(body)
-        env["wsgi.input_terminated"] = True
-        if body or request.chunked or request.method in ("POST", "PUT", "PATCH"):
+        env["wsgi.url_scheme"] = request.scheme or "http"
+        env["REMOTE_ADDR"] = peer[0]
+        env["REMOTE_PORT"] = str(peer[1])
+        if body or request.chunked or request.method in _BODY_METHODS:
             env["CONTENT_LENGTH"] = str(len(body))
-        forwarded_for = forwarded_proto = None
+        keys = _KEYS
         for name, value in request.headers:
-            if name == "content-type":
-                env["CONTENT_TYPE"] = value
+            key = keys.get(name)
+            if key is None:
+                key = _key(name)
+            if not key:
                 continue
-            if name in ("content-length", "transfer-encoding") or "_" in name:
-                # The body is handed over decoded, with its real length; a name with "_" could
-                # pose as a different header once mapped to HTTP_* (as gunicorn and nginx, drop it).
-                continue
-            if name == "x-forwarded-for":
-                forwarded_for = value if forwarded_for is None else f"{forwarded_for}, {value}"
-            elif name == "x-forwarded-proto":
-                forwarded_proto = value
-            key = "HTTP_" + name.upper().replace("-", "_")
-            if key in env:
+            if key in env:  # a repeated field: one value, comma-separated (RFC 9110 5.3)
                 env[key] = env[key] + ("; " if key == "HTTP_COOKIE" else ",") + value
             else:
                 env[key] = value
         if request.host is not None:
             env["HTTP_HOST"] = request.host
-        scheme = request.scheme or "http"
-        remote = peer[0]
-        if (forwarded_for is not None or forwarded_proto is not None) and self.proxies.trusts(peer[0]):
-            remote = self.proxies.client(peer[0], forwarded_for)
-            if forwarded_proto and forwarded_proto.strip().lower() in ("http", "https"):
-                scheme = forwarded_proto.strip().lower()
-        env["wsgi.url_scheme"] = scheme
-        env["REMOTE_ADDR"] = remote
-        env["REMOTE_PORT"] = str(peer[1])
+        if self.proxies.configured and ("HTTP_X_FORWARDED_FOR" in env or "HTTP_X_FORWARDED_PROTO" in env):
+            self._forwarded(env, peer[0])
         return env
+
+    def _forwarded(self, env: dict[str, Any], peer: str) -> None:
+        """Take the client address and scheme from a proxy we trust."""
+        proxies = self.proxies
+        if not proxies.trusts(peer):
+            return
+        env["REMOTE_ADDR"] = proxies.client(peer, env.get("HTTP_X_FORWARDED_FOR"))
+        proto = env.get("HTTP_X_FORWARDED_PROTO")
+        if proto:
+            proto = proto.rsplit(",", 1)[-1].strip().lower()  # the last one was set by the proxy nearest us
+            if proto in ("http", "https"):
+                env["wsgi.url_scheme"] = proto
+
+
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# Header name (lower case) -> environ key, or "" for names the environ leaves out. Filled as
+# names are seen, up to a bound, so the usual names cost one lookup instead of three string operations.
+_KEYS: dict[str, str] = {"content-type": "CONTENT_TYPE"}
+_KEYS_LIMIT = 512
+
+
+def _key(name: str) -> str:
+    if name in ("content-length", "transfer-encoding") or "_" in name:
+        # The body is handed over decoded, with its real length; a name with "_" could
+        # pose as a different header once mapped to HTTP_* (as gunicorn and nginx, drop it).
+        key = ""
+    else:
+        key = "HTTP_" + name.upper().replace("-", "_")
+    if len(_KEYS) < _KEYS_LIMIT:
+        _KEYS[name] = key
+    return key

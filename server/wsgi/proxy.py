@@ -12,6 +12,7 @@ class TrustedProxies:
     def __init__(self, entries: tuple[str, ...]) -> None:
         self.any = "*" in entries
         self.networks = tuple(ipaddress.ip_network(e, strict=False) for e in entries if e != "*")
+        self.configured = self.any or bool(self.networks)  # False: forwarded headers are never looked at
         self.trusts = lru_cache(maxsize=1024)(self._trusts)
 
     def _trusts(self, address: str) -> bool:

@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..accesslog import AccessLog
-from ..protocol import Request, ResponsePlan, plan_response
+from ..protocol import Request, ResponsePlan
+from ..protocol.response import Fields, check_fields, frame
 from ..protocol.writer import LAST_CHUNK, chunk, error_response, http_date
 from .environ import EnvironBuilder
 
@@ -45,7 +46,7 @@ class ResponseAborted(Exception):
 class _Exchange:
     """The state of one request/response pair as the application drives it."""
 
-    __slots__ = ("bytes_sent", "headers", "keep_alive", "plan", "request", "runner", "send", "status")
+    __slots__ = ("bytes_sent", "fields", "keep_alive", "plan", "request", "runner", "send", "status")
 
     def __init__(self, runner: WSGIRunner, request: Request, send: Send, keep_alive: bool) -> None:
         self.runner = runner
@@ -53,7 +54,7 @@ class _Exchange:
         self.send = send
         self.keep_alive = keep_alive
         self.status: str | None = None
-        self.headers: list[tuple[str, str]] = []
+        self.fields: Fields | None = None
         self.plan: ResponsePlan | None = None
         self.bytes_sent = 0
 
@@ -64,31 +65,20 @@ class _Exchange:
                     raise exc_info[1].with_traceback(exc_info[2])
             finally:
                 exc_info = None
-        elif self.status is not None:
+        elif self.fields is not None:
             raise AssertionError("start_response called a second time without exc_info")
-        if not isinstance(status, str) or len(status) < 4 or not status[:3].isdigit() or status[3] != " ":
-            raise ValueError(f"WSGI status must look like '200 OK', got {status!r}")
-        if type(headers) is not list:
-            raise TypeError("WSGI headers must be a list of (str, str) tuples")
-        for header in headers:
-            if type(header) is not tuple:
-                raise TypeError(f"WSGI headers must be (str, str) tuples, got {header!r}")
-            name, value = header
-            if type(name) is not str or type(value) is not str:
-                raise TypeError(f"WSGI headers must be (str, str) tuples, got {header!r}")
+        self.fields = check_fields(status, headers)  # raises here, while the application can still react
         self.status = status
-        self.headers = headers
         return self.write
 
     def begin(self, length_hint: int | None) -> ResponsePlan:
-        if self.status is None:
+        fields = self.fields
+        if fields is None:
             raise AssertionError("the application returned without calling start_response")
-        request = self.request
         runner = self.runner
-        # positional: this runs once per request, and keyword passing costs measurably here
-        self.plan = plan_response(self.status, self.headers, request.http11, request.method == "HEAD",
-                                  self.keep_alive and not runner.closing, length_hint, runner.dates.now(),
-                                  runner.server_header)
+        http11, method = self.request.http11, self.request.method
+        self.plan = frame(fields, http11, method == "HEAD", self.keep_alive and not runner.closing, length_hint,
+                          runner.dates.now(), runner.server_header)
         return self.plan
 
     def write(self, data: bytes) -> None:
@@ -150,11 +140,21 @@ class WSGIRunner:
         started = time.perf_counter() if log is not None else 0.0
         exchange = _Exchange(self, request, send, keep_alive)
         env = self.environ.build(request, peer)
-        status = 500
         try:
-            self._call(env, exchange)
-            status = int(exchange.status[:3]) if exchange.status else 500
-            keep = exchange.keep_alive and exchange.plan is not None and exchange.plan.keep_alive
+            result = self.app(env, exchange.start_response)
+            if type(result) is list and exchange.fields is not None and exchange.plan is None:
+                # The common case: the whole body is known, so head and body go out in one write.
+                body = result[0] if len(result) == 1 and type(result[0]) is bytes else b"".join(result)
+                plan = exchange.begin(len(body))
+                if plan.send_body and body:
+                    exchange.bytes_sent = len(body)
+                    send(plan.head + body)
+                else:
+                    send(plan.head)
+            else:
+                self._stream(result, exchange)
+                plan = exchange.plan
+            keep = exchange.keep_alive and plan.keep_alive
         except ResponseAborted as exc:
             print(f"wsgi: {request.method} {request.target}: {exc}; closing the connection", file=sys.stderr)
             keep = False
@@ -164,28 +164,20 @@ class WSGIRunner:
             traceback.print_exc(file=sys.stderr)
             keep = False
             if exchange.plan is None:
-                status = 500
+                exchange.status = None
                 send(error_response(500, "the application failed; the error is in the server log",
                                     date=self.dates.now(), server=self.server_header))
         if log is not None:
+            status = int(exchange.status[:3]) if exchange.status else 500
             log.log(env["REMOTE_ADDR"], request.method, request.target, request.version, status,
-                                exchange.bytes_sent, time.perf_counter() - started, request.header("referer"),
-                                request.header("user-agent"), request.header("x-request-id"))
+                    exchange.bytes_sent, time.perf_counter() - started, request.header("referer"),
+                    request.header("user-agent"), request.header("x-request-id"))
         return keep
 
-    def _call(self, env: dict[str, Any], exchange: _Exchange) -> None:
-        result = self.app(env, exchange.start_response)
+    @staticmethod
+    def _stream(result: Iterable[bytes], exchange: _Exchange) -> None:
+        """Anything but a list: send each piece as it comes, then close the iterable (PEP 3333)."""
         try:
-            if type(result) is list and exchange.plan is None and exchange.status is not None:
-                # The common case: the whole body is known, so send head and body in one write.
-                body = b"".join(result)
-                plan = exchange.begin(len(body))
-                if plan.send_body and body:
-                    exchange.bytes_sent = len(body)
-                    exchange.send(plan.head + body)
-                else:
-                    exchange.send(plan.head)
-                return
             if exchange.request.method != "HEAD":
                 for data in result:
                     if data:
