@@ -121,3 +121,25 @@ def test_remembered_headers_render_the_same_as_new_ones():
     # a header once remembered as valid does not make a bad one pass
     with pytest.raises(ValueError):
         plan(headers=[("X-Seen", "again\r\nX-Injected: 1")])
+
+
+def test_remembered_heads_still_follow_date_and_framing():
+    headers = [("Content-Type", "text/plain")]
+    base = plan(headers=list(headers), length_hint=1)
+    assert plan(headers=list(headers), length_hint=1) is base  # same inputs: the remembered plan
+    later = plan(headers=list(headers), length_hint=1, date="Fri, 20 Nov 2026 12:00:01 GMT")
+    assert "Date: Fri, 20 Nov 2026 12:00:01 GMT" in head_lines(later)
+    closing = plan(headers=list(headers), length_hint=1, keep_alive=False)
+    assert not closing.keep_alive and "Connection: close" in head_lines(closing)
+    assert "Content-Length: 2" in head_lines(plan(headers=list(headers), length_hint=2))
+    with pytest.raises(AttributeError):
+        base.keep_alive = False  # shared between responses, so it cannot be changed
+
+
+def test_remembered_results_stay_bounded():
+    from server.protocol import response
+    for i in range(3 * response._CACHE_LIMIT):
+        p = plan(headers=[("X-N", str(i))], length_hint=0)
+        assert f"X-N: {i}" in head_lines(p)
+    for cache in (response._fields_cache, response._plan_cache, response._line_cache):
+        assert len(cache) <= response._CACHE_LIMIT

@@ -4,9 +4,11 @@ Two steps, because a WSGI server learns a response in two steps: ``check_fields`
 validates and renders the status and header fields when the application names
 them (so a bad header fails inside ``start_response``, as PEP 3333 asks), and
 ``frame`` decides the framing once the body's size is known or known to be
-unknown. Status lines and ordinary header lines that passed validation are
-remembered, because applications send the same few again and again: for those
-a dictionary lookup replaces the checks and the formatting.
+unknown. Applications send the same few status and header lists again and
+again, so both steps remember their results: a header list seen before costs
+one dictionary lookup instead of the checks, and a response head seen before
+(same fields, framing, date and server) one more. The caches hold only what
+the full computation would give, are bounded, and start over when full.
 """
 
 from __future__ import annotations
@@ -21,13 +23,15 @@ _SPECIAL = _HOP_BY_HOP | {"content-length", "connection", "date", "server"}
 _NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(r"[\x00\r\n]")  # RFC 9110 5.5: would end the line or be refused by peers
 _STATUS = re.compile(r"([1-5][0-9][0-9]) [^\x00-\x08\x0a-\x1f\x7f]*")
-_CACHE_LIMIT = 512  # distinct lines remembered; beyond it lines are checked every time
+_CACHE_LIMIT = 1024  # entries per cache; a full cache is emptied and fills again with what is in use
 
 _status_cache: dict[str, tuple[int, str]] = {}
 _line_cache: dict[tuple[str, str], str | int] = {}  # a rendered line, or a Content-Length value
+_fields_cache: dict[tuple[object, ...], Fields] = {}  # (status, *headers) -> what check_fields found
+_plan_cache: dict[tuple[object, ...], ResponsePlan] = {}  # (fields key, framing inputs) -> finished plan
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)  # shared between responses through the cache: never changed
 class ResponsePlan:
     head: bytes  # status line and header block, ready to send
     chunked: bool  # body goes out in chunks, ended by LAST_CHUNK
@@ -36,9 +40,10 @@ class ResponsePlan:
     content_length: int | None  # declared length, so the sender can enforce it
 
 
-# What check_fields learned: status code, rendered lines (status line first), the declared
-# Content-Length, whether the application asked to close, and whether it set Date and Server.
-Fields = tuple[int, list[str], "int | None", bool, bool, bool]
+# What check_fields learned: its cache key (None when the headers cannot be a key), status code,
+# rendered lines (status line first), the declared Content-Length, whether the application asked to
+# close, and whether it set Date and Server.
+Fields = tuple["tuple[object, ...] | None", int, list[str], "int | None", bool, bool, bool]
 
 
 def check_fields(status: str, headers: list[tuple[str, str]]) -> Fields:
@@ -47,12 +52,27 @@ def check_fields(status: str, headers: list[tuple[str, str]]) -> Fields:
     Raises TypeError or ValueError for anything that is not ``str`` pairs or
     would corrupt the stream (CR/LF, a bad name, hop-by-hop fields).
     """
+    if type(headers) is not list:
+        raise TypeError("WSGI headers must be a list of (str, str) tuples")
+    key: tuple[object, ...] | None = (status, *headers)
+    try:
+        fields = _fields_cache.get(key)
+    except TypeError:  # something unhashable in there: not a (str, str) tuple, which the checks will say
+        fields = key = None
+    if fields is None:
+        fields = _check_fields(key, status, headers)
+        if key is not None:
+            if len(_fields_cache) >= _CACHE_LIMIT:
+                _fields_cache.clear()
+            _fields_cache[key] = fields
+    return fields
+
+
+def _check_fields(key: tuple[object, ...] | None, status: str, headers: list[tuple[str, str]]) -> Fields:
     known = _status_cache.get(status) if type(status) is str else None
     if known is None:
         known = _check_status(status)
     code, line = known
-    if type(headers) is not list:
-        raise TypeError("WSGI headers must be a list of (str, str) tuples")
     lines = [line]
     content_length: int | None = None
     close = have_date = have_server = False
@@ -94,7 +114,7 @@ def check_fields(status: str, headers: list[tuple[str, str]]) -> Fields:
         if content_length is not None and content_length != known:
             raise ValueError(f"two different Content-Length headers: {content_length} and {known}")
         content_length = known
-    return code, lines, content_length, close, have_date, have_server
+    return key, code, lines, content_length, close, have_date, have_server
 
 
 def frame(fields: Fields, http11: bool, head_only: bool, keep_alive: bool, length_hint: int | None,
@@ -104,7 +124,13 @@ def frame(fields: Fields, http11: bool, head_only: bool, keep_alive: bool, lengt
     ``length_hint`` is the body size when the server already knows it (the
     application returned a list), so no chunking is needed.
     """
-    code, lines, content_length, close, have_date, have_server = fields
+    key = fields[0]
+    if key is not None:
+        key = (key, http11, head_only, keep_alive, length_hint, date, server)
+        plan = _plan_cache.get(key)
+        if plan is not None:
+            return plan
+    _, code, lines, content_length, close, have_date, have_server = fields
     out = lines.copy()
     if not have_date:
         out.append(f"Date: {date}\r\n")
@@ -130,7 +156,12 @@ def frame(fields: Fields, http11: bool, head_only: bool, keep_alive: bool, lengt
         out.append("Connection: keep-alive\r\n")
     out.append("\r\n")
     head = "".join(out).encode("latin-1")
-    return ResponsePlan(head, chunked, not (head_only or bodiless), keep_alive, content_length)
+    plan = ResponsePlan(head, chunked, not (head_only or bodiless), keep_alive, content_length)
+    if key is not None:
+        if len(_plan_cache) >= _CACHE_LIMIT:
+            _plan_cache.clear()  # mostly heads with a past Date by the time it fills
+        _plan_cache[key] = plan
+    return plan
 
 
 def plan_response(status: str, headers: list[tuple[str, str]], http11: bool, head_only: bool,

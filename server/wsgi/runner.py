@@ -98,7 +98,7 @@ class _Exchange:
             room = plan.content_length - self.bytes_sent
             if len(data) > room:
                 data = data[:room]
-                self.keep_alive = plan.keep_alive = False
+                self.keep_alive = False  # the plan is shared (cached); the exchange decides
                 print(f"wsgi: application sent more than its Content-Length of {plan.content_length}; "
                       "body truncated and connection closed", file=sys.stderr)
             self.bytes_sent += len(data)
