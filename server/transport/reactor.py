@@ -71,6 +71,7 @@ class Reactor:
         self.settings = settings
         self.access_log = access_log
         self.limits = settings.limits()
+        self._max_pipeline = settings.max_pipeline
         self.poller = Poller()
         self._rearm_needed = self.poller.needs_rearm
         self.conns: dict[int, Connection] = {}
@@ -258,6 +259,8 @@ class Reactor:
         """
         poll = self.poller.poll
         backlog = self.backlog
+        conns = self.conns
+        take = self._take
         while self._leader is me and not self._done:
             if self.stopping and self.listener is not None:
                 self._accept()
@@ -272,28 +275,28 @@ class Reactor:
                 item = backlog.popleft()
             except IndexError:
                 continue
-            if isinstance(item, Connection):
+            if type(item) is tuple:
+                fd, events = item
+                conn = conns.get(fd)
+                if conn is None:
+                    self._dispatch_other(fd)
+                    continue
+                if events & _HANGUP:
+                    conn.hangup = True  # data and FIN can come as one event: read until the EOF shows
+            else:
                 # a client that pipelined more than max_pipeline: whatever else is ready goes first
+                conn = item
                 with contextlib.suppress(OSError):
                     backlog.extend(poll(0))
-                item.dirty = True
-                self._take(item, me)  # if its owner is busy, the owner sees the flag and carries on
-            else:
-                self._dispatch(item[0], item[1], me)
+            conn.dirty = True
+            take(conn, me)  # if its owner is busy, the owner sees the flag and carries on
 
-    def _dispatch(self, fd: int, events: int, me: _Worker) -> None:
+    def _dispatch_other(self, fd: int) -> None:
         if fd == self._listen_fd:
             self._accept()
         elif fd == self._wake_r:
             with contextlib.suppress(OSError):
                 os.read(self._wake_r, 4096)
-        else:
-            conn = self.conns.get(fd)
-            if conn is not None:
-                if events & _HANGUP:
-                    conn.hangup = True  # data and FIN can come as one event: read until the EOF shows
-                conn.dirty = True
-                self._take(conn, me)
 
     def _take(self, conn: Connection, me: _Worker) -> None:
         """Read and serve a readable connection unless another thread owns it.
@@ -302,7 +305,7 @@ class Reactor:
         of it, so data that arrives while the owner is busy is never left unread:
         either this thread gets the lock, or the owner sees the flag.
         """
-        while conn.dirty and not conn.closed and conn.lock.acquire(blocking=False):
+        while conn.dirty and not conn.closed and conn.lock.acquire(False):
             try:
                 while conn.dirty and not conn.closed:
                     conn.dirty = False
@@ -413,7 +416,7 @@ class Reactor:
         parser = conn.parser
         runner = self.runner
         try:
-            for _ in range(self.settings.max_pipeline):
+            for _ in range(self._max_pipeline):
                 try:
                     request = parser.next_request()
                 except ProtocolError as exc:
