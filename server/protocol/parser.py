@@ -146,6 +146,18 @@ class RequestParser:
         request = self._interpret(text)
         if self._state is _HEAD:
             return request
+        remaining = self._remaining
+        if self._state is _LENGTH_BODY and len(buf) >= remaining:
+            # the whole body came with the head: one copy, none of the incremental bookkeeping
+            if len(buf) == remaining:
+                request.body = bytes(buf)
+                buf.clear()
+            else:
+                request.body = bytes(buf[:remaining])
+                del buf[:remaining]
+            self._state = _HEAD
+            self._continue_due = False
+            return request
         self._pending = request
         return self._next_body()
 
@@ -300,9 +312,9 @@ class RequestParser:
                 raise ProtocolError(400, "more than one Content-Length header")
             if not raw_length.isdigit() or not raw_length.isascii():
                 raise ProtocolError(400, f"Content-Length must be decimal digits, got {raw_length[:40]!r}")
-            if len(raw_length) > 18 or int(raw_length) > limits.max_body_size:
+            length = int(raw_length) if len(raw_length) <= 18 else limits.max_body_size + 1
+            if length > limits.max_body_size:
                 raise ProtocolError(413, f"request body is larger than {limits.max_body_size} bytes")
-            length = int(raw_length)
 
         keep_alive = not close if http11 else (keep_alive_token and not close)
         request = Request(method, target, path, query, "HTTP/1.1" if http11 else "HTTP/1.0", http11, headers,
