@@ -113,7 +113,8 @@ class Reactor:
 
     # -- main thread: monitor, timeouts, shutdown ------------------------------------------------------------
 
-    def run(self) -> None:
+    def start(self) -> None:
+        """Start the worker threads; the first one leads. Before the ready line, so it is printed by a whole server."""
         for index, worker in enumerate(self._workers):
             worker.thread = threading.Thread(target=self._work, args=(worker,), name=f"worker-{index}",
                                              daemon=True)
@@ -123,15 +124,20 @@ class Reactor:
         for worker in self._workers:
             assert worker.thread is not None
             worker.thread.start()
+
+    def run(self) -> None:
+        """The main thread's loop: watch the leader, enforce timeouts, run the shutdown; returns when done."""
+        if self._workers[0].thread is None:
+            self.start()
         waker = select.poll()
         waker.register(self._main_r, select.POLLIN)
         next_sweep = monotonic() + _SWEEP_EVERY
         stop_seen = False
         while True:
             # Stalls need watching only while there are clients; an idle server wakes 4 times a second.
-            waker.poll((STALL if self.conns or self.stopping else _SWEEP_EVERY) * 1000)
-            with contextlib.suppress(OSError):
-                os.read(self._main_r, 4096)
+            if waker.poll((STALL if self.conns or self.stopping else _SWEEP_EVERY) * 1000):
+                with contextlib.suppress(OSError):
+                    os.read(self._main_r, 4096)
             now = monotonic()
             self._watch_leader(now)
             if self.stopping and not stop_seen:

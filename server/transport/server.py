@@ -27,6 +27,7 @@ def serve(listener: socket.socket, app: Callable[..., Any], settings: Settings, 
     handler = make_signal_handler(reactor)
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+    reactor.start()
     if on_ready is not None:
         on_ready()
     try:
