@@ -26,7 +26,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.calculator import app, arithmetic
+from server.calculator import app, arithmetic, calc_request
 from server.calculator.calc_request import MAX_DEPTH
 from server.calculator.problems import CATALOGUE
 from server.calculator.request_body import MAX_BODY_BYTES
@@ -756,3 +756,71 @@ def test_hostile_inputs_are_cheap() -> None:
         assert 400 <= reply.status < 500
     # Generous: the whole batch takes milliseconds; quadratic or big-int work would take seconds.
     assert time.perf_counter() - started < 2.0
+
+
+# --- the fast path for the common /calc body --------------------------------------------------------
+
+def mostly(usual: st.SearchStrategy[Any], odd: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """``usual`` three times in four: a body must be well-formed nearly everywhere to reach the fast path."""
+    return st.one_of(usual, usual, usual, odd)
+
+
+BODY_SPACES = st.lists(st.text(alphabet=" \t\n\r", max_size=2), min_size=14, max_size=14)
+NOT_JSON_SPACE = mostly(st.none(), st.tuples(st.integers(0, 13), st.sampled_from(["\x0b", "\x0c", "\x1c", "\xa0"])))
+BODY_OP = mostly(st.sampled_from(list(arithmetic.OPERATIONS)),
+                 st.sampled_from(["Add", "mul", "mult ", "div\\u0000", "mu\\u006ct", ""]))
+BODY_KEYS = mostly(st.just(("op", "arg1", "arg2")),
+                   st.sampled_from([("op", "arg2", "arg1"), ("op", "arg1", "arg1"), ("o\\u0070", "arg1", "arg2")]))
+ODD_NUMBERS = ["-0", "0.0", "-0.0", "2.50", "01", "-01", "00", "1.", ".5", "+1", "-", "1e", "1_0", "\u0661", "1" * 100,
+               "1" * 101, "-" + "1" * 100, "0." + "0" * 98 + "1", "0." + "0" * 99 + "1", "1" * 99 + ".5", "NaN",
+               "-Infinity", '"2"', "true", "null", "[1]", "1e2", "1E-2", "1" * 100 + "e0"]
+BODY_NUMBER = mostly(
+    st.from_regex(r"-?(?:0|[1-9][0-9]{0,30})(?:\.[0-9]{1,30})?", fullmatch=True),
+    st.from_regex(r"-?(?:0|[1-9][0-9]{0,3})(?:\.[0-9]{1,3})?[eE][-+]?[0-9]{1,3}", fullmatch=True)
+    | st.sampled_from(ODD_NUMBERS))
+
+
+def fast_and_full_outcomes(text: str) -> tuple[Any, Any]:
+    """What the /calc parser makes of a body, and what the full validating decoder alone makes of it."""
+    def outcome(parse: Any, argument: Any) -> Any:
+        try:
+            op, first, second = parse(argument)
+        except calc_request.Problem as problem:
+            return problem.kind.slug, problem.detail, problem.extensions
+        # The same values and the same text in the response, whatever types carry them.
+        return op, first, second, arithmetic.to_plain(first), arithmetic.to_plain(second)
+
+    return outcome(calc_request.parse_calc_request, text.encode()), outcome(calc_request.parse_document, text)
+
+
+@pytest.mark.parametrize("number", ODD_NUMBERS)
+def test_common_body_fast_path_agrees_on_odd_numbers(number: str) -> None:
+    for text in (f'{{"op": "add", "arg1": {number}, "arg2": 1}}', f'{{"op":"div","arg1":1,"arg2":{number}}}'):
+        fast, full = fast_and_full_outcomes(text)
+        assert fast == full, text
+
+
+def test_common_body_fast_path_agrees_on_every_one_character_damage() -> None:
+    for body in ('{"op": "mult", "arg1": 2.5, "arg2": -40}', '{"op":"div","arg1":0,"arg2":1}'):
+        for at in range(len(body)):
+            for text in (body[:at] + body[at + 1:], body[:at] + body[at] + body[at:]):
+                fast, full = fast_and_full_outcomes(text)
+                assert fast == full, text
+
+
+@settings(max_examples=500)
+@given(spaces=BODY_SPACES, odd_space=NOT_JSON_SPACE, op=BODY_OP, keys=BODY_KEYS, a=BODY_NUMBER, b=BODY_NUMBER,
+       cut=mostly(st.none(), st.integers(0, 1000)))
+def test_common_body_fast_path_agrees_with_the_full_decoder(spaces: list[str], odd_space: tuple[int, str] | None,
+                                                            op: str, keys: tuple[str, str, str], a: str, b: str,
+                                                            cut: int | None) -> None:
+    s = spaces
+    if odd_space is not None:
+        s[odd_space[0]] += odd_space[1]
+    text = (f'{s[0]}{{{s[1]}"{keys[0]}"{s[2]}:{s[3]}"{op}"{s[4]},{s[5]}"{keys[1]}"{s[6]}:{s[7]}{a}{s[8]},'
+            f'{s[9]}"{keys[2]}"{s[10]}:{s[11]}{b}{s[12]}}}{s[13]}')
+    if cut is not None:  # drop one character: a quote, a colon, a brace, a digit...
+        cut %= len(text)
+        text = text[:cut] + text[cut + 1:]
+    fast, full = fast_and_full_outcomes(text)
+    assert fast == full
