@@ -25,7 +25,7 @@ from .arithmetic import (
 )
 from .calc_request import parse_calc_request
 from .problems import CATALOGUE, Problem, shown
-from .request_body import read_body, require_json
+from .request_body import COMMON_JSON_TYPES, read_body, require_json
 
 StartResponse = Callable[..., Any]
 Response = tuple[str, list[tuple[str, str]], bytes]
@@ -33,7 +33,8 @@ Response = tuple[str, list[tuple[str, str]], bytes]
 _OK = "200 OK"
 _TEXT = ("Content-Type", "text/plain; charset=utf-8")
 _JSON = ("Content-Type", "application/json")
-_READABLE = (frozenset({"GET", "HEAD"}), "GET, HEAD")  # methods, and the Allow header naming them
+_READABLE_METHODS = frozenset({"GET", "HEAD"})
+_READABLE = (_READABLE_METHODS, "GET, HEAD")  # methods, and the Allow header naming them
 _POSTABLE = (frozenset({"POST"}), "POST")
 _HEALTH_BODY = b'{"status":"ok"}'
 _OPENAPI_BODY = openapi.document_bytes()
@@ -58,14 +59,16 @@ def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byte
 
 
 def _route(environ: dict[str, Any], path: str) -> Response:
+    # The fixed paths first: one dict lookup settles POST /calc before any splitting. No fixed
+    # path has an operation name as its first segment, so the order does not change the outcome.
+    fixed = _FIXED_ROUTES.get(path)
+    if fixed is not None:
+        return fixed(environ)
     segments = path.split("/")  # "/add/2/3" -> ["", "add", "2", "3"]
     name = segments[1] if len(segments) > 1 and not segments[0] else ""
     operation = OPERATIONS.get(name)
     if operation is not None:
         return _operation(environ, name, operation, segments)
-    fixed = _FIXED_ROUTES.get(path)
-    if fixed is not None:
-        return fixed(environ)
     if name == "problems" and len(segments) == 3 and segments[2] in CATALOGUE:
         return _problem_page(environ, segments[2])
     raise Problem("not-found", f"There is nothing at {shown(_readable(path), 80)}. {_ROUTES_HINT}")
@@ -74,7 +77,8 @@ def _route(environ: dict[str, Any], path: str) -> Response:
 def _operation(environ: dict[str, Any], name: str,
                operation: Callable[[Decimal, Decimal], Decimal], segments: list[str]) -> Response:
     """GET /{op}/{arg1}/{arg2}: the result as text/plain."""
-    _allow(environ, _READABLE)
+    if environ["REQUEST_METHOD"] not in _READABLE_METHODS:
+        _allow(environ, _READABLE)
     if len(segments) != 4:
         given = len(segments) - 2
         trailing = " (a trailing slash counts as an empty one)" if given > 2 and not segments[-1] else ""
@@ -111,8 +115,11 @@ def _path_operand(text: str, parameter: str) -> Decimal:
 
 def _calc(environ: dict[str, Any]) -> Response:
     """POST /calc: a JSON object in, a JSON object with the exact result out."""
-    _allow(environ, _POSTABLE)
-    require_json(environ)
+    # The checks run as cheap comparisons first; the functions that explain a refusal only when needed.
+    if environ["REQUEST_METHOD"] != "POST":
+        _allow(environ, _POSTABLE)
+    if environ.get("CONTENT_TYPE", "") not in COMMON_JSON_TYPES:
+        require_json(environ)
     op, first, second = parse_calc_request(read_body(environ))
     try:
         result = OPERATIONS[op](first, second)

@@ -89,7 +89,10 @@ def parse_calc_request(body: bytes) -> tuple[str, Decimal, Decimal]:
     """The validated operation name and operands, or a ``Problem`` naming what to fix."""
     if not body:
         raise Problem("empty-body", f"The body is empty; send a JSON object such as {EXAMPLE}.")
-    text = _text(body)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise _not_utf8(error) from None
     common = _COMMON_BODY.fullmatch(text)
     if common is not None:
         op, first, second = common.groups()
@@ -118,13 +121,10 @@ def parse_document(text: str) -> tuple[str, Decimal, Decimal]:
     return op, _operand(document, "arg1"), _operand(document, "arg2")
 
 
-def _text(body: bytes) -> str:
-    try:
-        return body.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise Problem("invalid-utf8",
-                      f"The body is not UTF-8: byte {error.object[error.start]:#04x} at offset {error.start} "
-                      f"({error.reason}). Encode the JSON as UTF-8.", position=error.start) from None
+def _not_utf8(error: UnicodeDecodeError) -> Problem:
+    return Problem("invalid-utf8",
+                   f"The body is not UTF-8: byte {error.object[error.start]:#04x} at offset {error.start} "
+                   f"({error.reason}). Encode the JSON as UTF-8.", position=error.start)
 
 
 def _decode(text: str) -> object:

@@ -14,7 +14,7 @@ MAX_BODY_BYTES = 16 * 1024
 _MAX_LENGTH_DIGITS = 12  # a longer Content-Length is far over the limit; never hand it to int()
 
 # The spellings clients actually send, answered without parsing.
-_COMMON_JSON_TYPES = frozenset({
+COMMON_JSON_TYPES = frozenset({
     "application/json",
     "application/json; charset=utf-8",
     "application/json;charset=utf-8",
@@ -26,7 +26,7 @@ _COMMON_JSON_TYPES = frozenset({
 def require_json(environ: dict[str, Any]) -> None:
     """Accept application/json and application/*+json, with no charset or charset=utf-8; else 415."""
     content_type = environ.get("CONTENT_TYPE", "")
-    if content_type in _COMMON_JSON_TYPES:
+    if content_type in COMMON_JSON_TYPES:
         return
     media_type, _, parameters = content_type.partition(";")
     media_type = media_type.strip().lower()
@@ -60,18 +60,18 @@ def read_body(environ: dict[str, Any]) -> bytes:
         raise Problem("invalid-content-length",
                       f"Content-Length must be a whole number of bytes, got {length_text[:40]!r}.",
                       received=length_text[:40])
-    if len(length_text) > _MAX_LENGTH_DIGITS or int(length_text) > MAX_BODY_BYTES:
+    if len(length_text) > _MAX_LENGTH_DIGITS or (length := int(length_text)) > MAX_BODY_BYTES:
         raise Problem("body-too-large",
                       f"The body is {length_text} bytes; POST /calc accepts at most {MAX_BODY_BYTES}.",
                       limit=MAX_BODY_BYTES)
-    return _read_exactly(stream, int(length_text))
-
-
-def _read_exactly(stream: Any, length: int) -> bytes:
-    # read(n) may legally return fewer bytes; a short body (early EOF) is parsed as what arrived.
     data = stream.read(length) if length else b""
-    if len(data) == length or not data:
+    if len(data) == length or not data:  # the whole body in one read (the usual case), or none at all
         return data
+    return _read_rest(stream, data, length)
+
+
+def _read_rest(stream: Any, data: bytes, length: int) -> bytes:
+    # read(n) may legally return fewer bytes; a short body (early EOF) is parsed as what arrived.
     chunks = [data]
     remaining = length - len(data)
     while remaining:
