@@ -547,10 +547,12 @@ def test_internal_error_is_a_logged_problem(monkeypatch: pytest.MonkeyPatch) -> 
         raise RuntimeError("simulated bug")
 
     monkeypatch.setitem(arithmetic.OPERATIONS, "add", broken)
-    reply = call("GET", "/add/1/2")
-    problem = assert_problem(reply, "internal-error", 500)
-    assert "simulated bug" not in problem["detail"]  # no internals leak to the client
-    assert "RuntimeError: simulated bug" in reply.errors
+    monkeypatch.setitem(arithmetic.INTEGER_OPERATIONS, "add", broken)
+    for path in ("/add/1/2", "/add/1.5/2"):  # whole numbers take the int path, others the Decimal one
+        reply = call("GET", path)
+        problem = assert_problem(reply, "internal-error", 500)
+        assert "simulated bug" not in problem["detail"]  # no internals leak to the client
+        assert "RuntimeError: simulated bug" in reply.errors
 
 
 def test_every_problem_type_is_exercised() -> None:
@@ -824,3 +826,27 @@ def test_common_body_fast_path_agrees_with_the_full_decoder(spaces: list[str], o
         text = text[:cut] + text[cut + 1:]
     fast, full = fast_and_full_outcomes(text)
     assert fast == full
+
+
+# --- whole numbers computed as ints ---------------------------------------------------------------
+
+WHOLE_NUMBERS = st.integers(min_value=0, max_value=10 ** 100) | st.sampled_from([0, 1, 10 ** 99, 10 ** 100 - 1])
+
+
+@settings(max_examples=300)
+@given(op=st.sampled_from(list(arithmetic.OPERATIONS)), a=WHOLE_NUMBERS, b=WHOLE_NUMBERS,
+       sign_a=st.sampled_from(["", "-"]), sign_b=st.sampled_from(["", "-"]))
+def test_whole_numbers_give_the_same_responses_as_their_decimal_spelling(op: str, a: int, b: int, sign_a: str,
+                                                                         sign_b: str) -> None:
+    # "7" takes the int path where it applies; "7.0" is the same value through Decimal all the way.
+    # The path has no signs for the int path to see, JSON has; 10**100 is out of range either way.
+    def same(whole: Reply, spelled: Reply) -> None:
+        assert whole.status == spelled.status
+        if whole.status == 200:
+            assert whole.body == spelled.body
+        else:  # a problem's detail quotes the path as written
+            assert json.loads(whole.body)["type"] == json.loads(spelled.body)["type"]
+
+    same(call("GET", f"/{op}/{a}/{b}"), call("GET", f"/{op}/{a}.0/{b}.0"))
+    same(calc_raw(f'{{"op": "{op}", "arg1": {sign_a}{a}, "arg2": {sign_b}{b}}}'.encode()),
+         calc_raw(f'{{"op": "{op}", "arg1": {sign_a}{a}.0, "arg2": {sign_b}{b}.0}}'.encode()))

@@ -15,6 +15,8 @@ from typing import Any
 
 from . import openapi
 from .arithmetic import (
+    INTEGER_OPERATIONS,
+    MAX_SIGNIFICANT_DIGITS,
     OPERATIONS,
     DivisionByZeroError,
     NonFiniteNumber,
@@ -85,13 +87,19 @@ def _operation(environ: dict[str, Any], name: str,
         raise Problem("operand-count",
                       f"/{name} takes exactly two operands, /{name}/{{arg1}}/{{arg2}} as in /{name}/6/3; "
                       f"this path has {given}{trailing}.", expected=2, received=given)
-    first = _path_operand(segments[2], "arg1")
-    second = _path_operand(segments[3], "arg2")
+    first, second = segments[2], segments[3]
+    integer_operation = INTEGER_OPERATIONS.get(name)
+    if (integer_operation is not None and first.isdigit() and second.isdigit() and first.isascii()
+            and second.isascii() and len(first) <= MAX_SIGNIFICANT_DIGITS and len(second) <= MAX_SIGNIFICANT_DIGITS):
+        # Two whole numbers that parse_operand would take as they are (ASCII digits, within the
+        # bound): computed as ints, which give the same text as the Decimal path below.
+        body = str(integer_operation(int(first), int(second))).encode()
+        return _OK, [_TEXT, ("Content-Length", str(len(body)))], body
     try:
-        result = operation(first, second)
+        result = operation(_path_operand(first, "arg1"), _path_operand(second, "arg2"))
     except DivisionByZeroError:
         raise Problem("division-by-zero",
-                      f"Cannot divide {shown(segments[2])} by zero: arg2 is {shown(segments[3])}. "
+                      f"Cannot divide {shown(first)} by zero: arg2 is {shown(second)}. "
                       "Use a non-zero divisor.", parameter="arg2") from None
     body = to_plain(result).encode()
     return _OK, [_TEXT, ("Content-Length", str(len(body)))], body
@@ -121,6 +129,11 @@ def _calc(environ: dict[str, Any]) -> Response:
     if environ.get("CONTENT_TYPE", "") not in COMMON_JSON_TYPES:
         require_json(environ)
     op, first, second = parse_calc_request(read_body(environ))
+    integer_operation = INTEGER_OPERATIONS.get(op)
+    if integer_operation is not None and type(first) is int and type(second) is int:
+        # Whole numbers as ints (see INTEGER_OPERATIONS): str() of each is its to_plain text.
+        body = f'{{"op":"{op}","arg1":{first},"arg2":{second},"result":{integer_operation(first, second)}}}'.encode()
+        return _OK, [_JSON, ("Content-Length", str(len(body)))], body
     try:
         result = OPERATIONS[op](first, second)
     except DivisionByZeroError:

@@ -29,7 +29,8 @@ _ALLOWED_OPS = list(arithmetic.OPERATIONS)
 
 # The body nearly every client sends: the three fields in the documented order, op a plain string and
 # the operands JSON numbers without exponent. One match decodes it for a fraction of what the full
-# decoder (Python-level wrapper, a hook call per member) costs. Anything else (another key order,
+# decoder (Python-level wrapper, a hook call per member) costs, and a whole number comes back as an
+# int (see arithmetic.INTEGER_OPERATIONS). Anything else (another key order,
 # escapes, exponents, any error) goes through the full decoder, which gives the same result for a body
 # this pattern matches; so the pattern only decides speed, never the outcome. Whitespace is JSON's
 # four characters, exactly what the json module skips; no part can match in two ways, so a hostile
@@ -85,8 +86,12 @@ _DECODER = json.JSONDecoder(parse_float=_number, parse_int=_number, parse_consta
                             object_pairs_hook=_object)
 
 
-def parse_calc_request(body: bytes) -> tuple[str, Decimal, Decimal]:
-    """The validated operation name and operands, or a ``Problem`` naming what to fix."""
+def parse_calc_request(body: bytes) -> tuple[str, Decimal | int, Decimal | int]:
+    """The validated operation name and operands, or a ``Problem`` naming what to fix.
+
+    An operand is an int when the body wrote it as a whole number (the fast path below), otherwise a
+    Decimal; either way it has the same value and the same ``to_plain`` text.
+    """
     if not body:
         raise Problem("empty-body", f"The body is empty; send a JSON object such as {EXAMPLE}.")
     try:
@@ -98,7 +103,8 @@ def parse_calc_request(body: bytes) -> tuple[str, Decimal, Decimal]:
         op, first, second = common.groups()
         # Plain notation in at most 100 characters is within the size bound (see bounded_decimal).
         if len(first) <= arithmetic.MAX_SIGNIFICANT_DIGITS and len(second) <= arithmetic.MAX_SIGNIFICANT_DIGITS:
-            return op, Decimal(first), Decimal(second)
+            return (op, int(first) if "." not in first else Decimal(first),
+                    int(second) if "." not in second else Decimal(second))
     return parse_document(text)
 
 
