@@ -28,18 +28,22 @@ _FIELD_SET = frozenset(FIELDS)
 _ALLOWED_OPS = list(arithmetic.OPERATIONS)
 
 # The body nearly every client sends: the three fields in the documented order, op a plain string and
-# the operands JSON numbers without exponent. One match decodes it for a fraction of what the full
-# decoder (Python-level wrapper, a hook call per member) costs, and a whole number comes back as an
-# int (see arithmetic.INTEGER_OPERATIONS). Anything else (another key order,
-# escapes, exponents, any error) goes through the full decoder, which gives the same result for a body
-# this pattern matches; so the pattern only decides speed, never the outcome. Whitespace is JSON's
-# four characters, exactly what the json module skips; no part can match in two ways, so a hostile
-# body is scanned in linear time.
-_WS = r"[ \t\n\r]*"
-_PLAIN_NUMBER = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?"
+# the operands JSON numbers without exponent. One match on the raw bytes decodes it for a fraction of
+# what UTF-8 decoding plus the full decoder (Python-level wrapper, a hook call per member) cost, and
+# a whole number comes back as an int (see arithmetic.INTEGER_OPERATIONS). Anything else (another
+# key order, escapes, exponents, any error) goes through the full path, which gives the same result
+# for a body this pattern matches; so the pattern only decides speed, never the outcome.
+# Whitespace is JSON's four characters, exactly what the json module skips. What follows each
+# repetition can never continue it, so the repetitions are possessive (``*+``): nothing is kept for
+# backtracking, which is both cheaper and keeps a hostile body linear.
+_WS = rb"[ \t\n\r]*+"
+_PLAIN_NUMBER = rb"-?(?:0|[1-9][0-9]*+)(?:\.[0-9]++)?"
+_OP_NAMES = {name.encode(): name for name in arithmetic.OPERATIONS}
+_DOT = ord(".")  # bytes membership of an int is a plain scan; of b"." it first fails (and clears) an int conversion
 _COMMON_BODY = re.compile(
-    rf'{_WS}\{{{_WS}"op"{_WS}:{_WS}"({"|".join(map(re.escape, arithmetic.OPERATIONS))})"{_WS},'
-    rf'{_WS}"arg1"{_WS}:{_WS}({_PLAIN_NUMBER}){_WS},{_WS}"arg2"{_WS}:{_WS}({_PLAIN_NUMBER}){_WS}\}}{_WS}')
+    rb'%(ws)s\{%(ws)s"op"%(ws)s:%(ws)s"(%(ops)s)"%(ws)s,%(ws)s"arg1"%(ws)s:%(ws)s(%(number)s)%(ws)s,'
+    rb'%(ws)s"arg2"%(ws)s:%(ws)s(%(number)s)%(ws)s\}%(ws)s'
+    % {b"ws": _WS, b"number": _PLAIN_NUMBER, b"ops": b"|".join(map(re.escape, _OP_NAMES))})
 
 
 class Rejected:
@@ -92,19 +96,19 @@ def parse_calc_request(body: bytes) -> tuple[str, Decimal | int, Decimal | int]:
     An operand is an int when the body wrote it as a whole number (the fast path below), otherwise a
     Decimal; either way it has the same value and the same ``to_plain`` text.
     """
+    common = _COMMON_BODY.fullmatch(body)
+    if common is not None:  # an ASCII body, so also valid UTF-8
+        op, first, second = common.groups()
+        # Plain notation in at most 100 characters is within the size bound (see bounded_decimal).
+        if len(first) <= arithmetic.MAX_SIGNIFICANT_DIGITS and len(second) <= arithmetic.MAX_SIGNIFICANT_DIGITS:
+            return (_OP_NAMES[op], int(first) if _DOT not in first else Decimal(first.decode()),
+                    int(second) if _DOT not in second else Decimal(second.decode()))
     if not body:
         raise Problem("empty-body", f"The body is empty; send a JSON object such as {EXAMPLE}.")
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as error:
         raise _not_utf8(error) from None
-    common = _COMMON_BODY.fullmatch(text)
-    if common is not None:
-        op, first, second = common.groups()
-        # Plain notation in at most 100 characters is within the size bound (see bounded_decimal).
-        if len(first) <= arithmetic.MAX_SIGNIFICANT_DIGITS and len(second) <= arithmetic.MAX_SIGNIFICANT_DIGITS:
-            return (op, int(first) if "." not in first else Decimal(first),
-                    int(second) if "." not in second else Decimal(second))
     return parse_document(text)
 
 
