@@ -859,3 +859,23 @@ def test_content_length_beyond_the_header_table(monkeypatch: pytest.MonkeyPatch)
     for reply in (call("GET", "/add/2/3"), call("GET", "/mult/250/4"), call("GET", "/div/1/3"),
                   calc({"op": "mult", "arg1": 2, "arg2": 4}), calc_raw(b'{"op": "div", "arg1": 1, "arg2": 4}')):
         assert reply.status == 200  # call() checks that Content-Length matches the body
+
+
+@settings(max_examples=500)
+@given(text=st.text(alphabet="0123456789.+-eE\u0663\u00b2 ", max_size=8)
+       | st.sampled_from(["1" * 100, "1" * 101, "." + "1" * 99, "." + "1" * 100, "1" * 99 + ".", "0" * 100 + ".5"]))
+def test_path_operand_shortcut_agrees_with_the_number_grammar(text: str) -> None:
+    # parse_operand answers plain digits with at most one point without its regex; the result must
+    # be what the grammar and the bound check make of the same text.
+    def outcome(parse: Any) -> Any:
+        try:
+            return str(parse(text))  # str(): the exact coefficient and exponent, not just the value
+        except arithmetic.OperandError as error:
+            return type(error), error.reason
+
+    def by_the_grammar(text: str) -> Decimal:
+        if re.fullmatch(arithmetic.NUMBER_PATTERN, text):
+            return arithmetic.bounded_decimal(text)
+        raise arithmetic.NotANumber("is empty" if not text else "is not a decimal number")
+
+    assert outcome(arithmetic.parse_operand) == outcome(by_the_grammar)

@@ -78,8 +78,11 @@ def parse_operand(text: str) -> Decimal:
     Stricter than ``Decimal()``, which would also take whitespace, underscores, non-ASCII digits,
     NaN and Infinity.
     """
-    if text.isdigit() and text.isascii() and len(text) <= MAX_SIGNIFICANT_DIGITS:
-        return Decimal(text)  # the common case, a small non-negative integer, without the regex
+    if ((text.isdigit() or text.replace(".", "", 1).isdigit()) and text.isascii()
+            and len(text) <= MAX_SIGNIFICANT_DIGITS):
+        # The common cases without the regex: ASCII digits with at most one point ("2", "0.1", "5.",
+        # ".5") are number syntax, and at most 100 characters of plain notation are within the bound.
+        return Decimal(text)
     if _NUMBER.fullmatch(text) is not None:
         return bounded_decimal(text)
     if text.lower() in _NON_FINITE:
