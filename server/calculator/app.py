@@ -52,7 +52,10 @@ def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byte
     """The calculator as a WSGI application (``server.calculator:app``)."""
     path = environ.get("PATH_INFO") or "/"
     try:
-        status, headers, body = _route(environ, path)
+        # The fixed paths first: one dict lookup settles POST /calc. No fixed path has an operation
+        # name as its first segment, so trying them before _route does not change the outcome.
+        fixed = _FIXED_ROUTES.get(path)
+        status, headers, body = fixed(environ) if fixed is not None else _route(environ, path)
     except Problem as problem:
         status, headers, body = problem.render(environ.get("SCRIPT_NAME", "") + path)
     except Exception:
@@ -66,11 +69,7 @@ def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byte
 
 
 def _route(environ: dict[str, Any], path: str) -> Response:
-    # The fixed paths first: one dict lookup settles POST /calc before any splitting. No fixed
-    # path has an operation name as its first segment, so the order does not change the outcome.
-    fixed = _FIXED_ROUTES.get(path)
-    if fixed is not None:
-        return fixed(environ)
+    """Every path that is not one of the fixed ones: /{op}/..., /problems/{slug}, or nothing."""
     segments = path.split("/")  # "/add/2/3" -> ["", "add", "2", "3"]
     name = segments[1] if len(segments) > 1 and not segments[0] else ""
     operation = OPERATIONS.get(name)
