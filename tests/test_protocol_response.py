@@ -101,7 +101,9 @@ def test_more_headers_that_are_refused(headers):
         plan(headers=headers)
 
 
-@pytest.mark.parametrize("headers", [[["X-List", "v"]], [("X-Int", 1)], [("X-Three", "a", "b")], "X: v", [("X", ["v"])]])
+@pytest.mark.parametrize("headers", [
+    [["X-List", "v"]], [("X-Int", 1)], [("X-Three", "a", "b")], "X: v", [("X", ["v"])],
+])
 def test_headers_that_are_not_str_pairs_are_a_type_error(headers):
     with pytest.raises(TypeError, match="str, str"):
         plan(headers=headers)
