@@ -143,5 +143,5 @@ def test_remembered_results_stay_bounded():
     for i in range(3 * response._CACHE_LIMIT):
         p = plan(headers=[("X-N", str(i))], length_hint=0)
         assert f"X-N: {i}" in head_lines(p)
-    for cache in (response._fields_cache, response._plan_cache, response._line_cache):
+    for cache in (response._fields_cache, response._plan_cache):
         assert len(cache) <= response._CACHE_LIMIT

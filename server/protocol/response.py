@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 # RFC 9110 7.6.1: hop-by-hop fields belong to the connection, which the server owns.
 _HOP_BY_HOP = frozenset({"keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
@@ -25,8 +26,6 @@ _BAD_VALUE = re.compile(r"[\x00\r\n]")  # RFC 9110 5.5: would end the line or be
 _STATUS = re.compile(r"([1-5][0-9][0-9]) [^\x00-\x08\x0a-\x1f\x7f]*")
 _CACHE_LIMIT = 1024  # entries per cache; a full cache is emptied and fills again with what is in use
 
-_status_cache: dict[str, tuple[int, str]] = {}
-_line_cache: dict[tuple[str, str], str | int] = {}  # a rendered line, or a Content-Length value
 _fields_cache: dict[tuple[object, ...], Fields] = {}  # (status, *headers) -> what check_fields found
 _plan_cache: dict[tuple[object, ...], ResponsePlan] = {}  # (fields key, framing inputs) -> finished plan
 
@@ -62,58 +61,35 @@ def check_fields(status: str, headers: list[tuple[str, str]]) -> Fields:
     if fields is None:
         fields = _check_fields(key, status, headers)
         if key is not None:
-            if len(_fields_cache) >= _CACHE_LIMIT:
-                _fields_cache.clear()
-            _fields_cache[key] = fields
+            _remember(_fields_cache, key, fields)
     return fields
 
 
 def _check_fields(key: tuple[object, ...] | None, status: str, headers: list[tuple[str, str]]) -> Fields:
-    known = _status_cache.get(status) if type(status) is str else None
-    if known is None:
-        known = _check_status(status)
-    code, line = known
+    code, line = _check_status(status)
     lines = [line]
     content_length: int | None = None
     close = have_date = have_server = False
-    cache = _line_cache
     for header in headers:
-        try:
-            known = cache.get(header)
-        except TypeError:  # unhashable: not a (str, str) tuple, which _check_pair will say
-            known = None
-        if type(known) is str:
-            lines.append(known)
-            continue
-        if known is None:
-            name, value = _check_pair(header)
-            lower = name.lower()
-            if lower not in _SPECIAL:
-                known = f"{name}: {value}\r\n"
-            elif lower == "content-length":
-                if not (value.isdigit() and value.isascii()) or len(value) > 18:
-                    raise ValueError(f"Content-Length {value!r} is not a number")
-                known = int(value)
-            elif lower == "connection":
-                # Not WSGI-legal, but an application asking to close is honoured as gunicorn does.
-                close = close or "close" in value.lower()
-                continue
-            elif lower == "date" or lower == "server":
-                have_date = have_date or lower == "date"
-                have_server = have_server or lower == "server"
-                lines.append(f"{name}: {value}\r\n")
-                continue
-            else:
-                raise ValueError(f"hop-by-hop header {name!r} must not be set by a WSGI application")
-            if len(cache) < _CACHE_LIMIT:
-                cache[(name, value)] = known
-            if type(known) is str:
-                lines.append(known)
-                continue
-        # a Content-Length (the cache holds its value): frame() writes the line
-        if content_length is not None and content_length != known:
-            raise ValueError(f"two different Content-Length headers: {content_length} and {known}")
-        content_length = known
+        name, value = _check_pair(header)
+        lower = name.lower()
+        if lower not in _SPECIAL:
+            lines.append(f"{name}: {value}\r\n")
+        elif lower == "content-length":
+            if not (value.isdigit() and value.isascii()) or len(value) > 18:
+                raise ValueError(f"Content-Length {value!r} is not a number")
+            if content_length is not None and content_length != int(value):
+                raise ValueError(f"two different Content-Length headers: {content_length} and {value}")
+            content_length = int(value)  # frame() writes the line
+        elif lower == "connection":
+            # Not WSGI-legal, but an application asking to close is honoured as gunicorn does.
+            close = close or "close" in value.lower()
+        elif lower == "date" or lower == "server":
+            have_date = have_date or lower == "date"
+            have_server = have_server or lower == "server"
+            lines.append(f"{name}: {value}\r\n")
+        else:
+            raise ValueError(f"hop-by-hop header {name!r} must not be set by a WSGI application")
     return key, code, lines, content_length, close, have_date, have_server
 
 
@@ -158,9 +134,7 @@ def frame(fields: Fields, http11: bool, head_only: bool, keep_alive: bool, lengt
     head = "".join(out).encode("latin-1")
     plan = ResponsePlan(head, chunked, not (head_only or bodiless), keep_alive, content_length)
     if key is not None:
-        if len(_plan_cache) >= _CACHE_LIMIT:
-            _plan_cache.clear()  # mostly heads with a past Date by the time it fills
-        _plan_cache[key] = plan
+        _remember(_plan_cache, key, plan)  # by the time it fills, mostly heads with a past Date
     return plan
 
 
@@ -173,14 +147,17 @@ def plan_response(status: str, headers: list[tuple[str, str]], http11: bool, hea
 def _check_status(status: object) -> tuple[int, str]:
     if type(status) is not str or _STATUS.fullmatch(status) is None:
         raise ValueError(f"WSGI status must look like '200 OK', got {status!r}")
-    known = int(status[:3]), f"HTTP/1.1 {status}\r\n"
     try:
-        known[1].encode("latin-1")
+        status.encode("latin-1")
     except UnicodeEncodeError:
         raise ValueError(f"WSGI status must be latin-1 text, got {status!r}") from None
-    if len(_status_cache) < _CACHE_LIMIT:
-        _status_cache[status] = known
-    return known
+    return int(status[:3]), f"HTTP/1.1 {status}\r\n"
+
+
+def _remember(cache: dict[tuple[object, ...], Any], key: tuple[object, ...], value: Any) -> None:
+    if len(cache) >= _CACHE_LIMIT:
+        cache.clear()  # whatever is still in use comes back at once
+    cache[key] = value
 
 
 def _check_pair(header: object) -> tuple[str, str]:
