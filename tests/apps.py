@@ -117,10 +117,24 @@ def threads(environ, start_response):
 
 
 def paced(environ, start_response):
-    """Answers with its own path after sleeping ?sleep=SECONDS (default 0): pipelining order made visible."""
+    """Answers with its own path after sleeping ?sleep=SECONDS (default 0): pipelining order made visible.
+
+    With ?stream=1 it streams instead: "<path>:begun;" at once, then the path after the sleep,
+    so a client can see that the call has begun and is now holding its thread.
+    """
     query = dict(part.partition("=")[::2] for part in environ.get("QUERY_STRING", "").split("&") if part)
-    time.sleep(float(query.get("sleep") or 0))
+    pause = float(query.get("sleep") or 0)
     data = environ["PATH_INFO"].encode("latin-1")
+    if query.get("stream"):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+
+        def pieces():
+            yield data + b":begun;"
+            time.sleep(pause)
+            yield data
+
+        return pieces()
+    time.sleep(pause)
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(data)))])
     return [data]
 

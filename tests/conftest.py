@@ -230,6 +230,12 @@ class RawClient:
             body += self.buffer[:size]
             self.buffer = self.buffer[size + 2:]
 
+    def read_until(self, marker: bytes, timeout: float = 5.0) -> None:
+        """Receive until ``marker`` has arrived (it stays buffered for read_response)."""
+        self.sock.settimeout(timeout)
+        while marker not in self.buffer:
+            self._need(f"before {marker!r}")
+
     def request(self, data: bytes, timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
         self.send(data)
         return self.read_response(timeout=timeout, head_request=data.startswith(b"HEAD "))

@@ -2,7 +2,7 @@
 
 Implements start_response (with the exc_info rules), the legacy write()
 callable, iteration with close(), and Content-Length enforcement. Sending is
-delegated to a ``send`` callable, so this module never touches a socket.
+delegated to a ``Sink``, so this module never touches a socket.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from ..accesslog import AccessLog
 from ..protocol import Request, ResponsePlan
@@ -20,6 +20,16 @@ from ..protocol.writer import LAST_CHUNK, chunk, error_response, http_date
 from .environ import EnvironBuilder
 
 Send = Callable[[bytes], None]
+
+
+class Sink(Protocol):
+    """Where answers go: the transport's side of a connection."""
+
+    def send_all(self, data: bytes) -> None:
+        """Write now: part of a streamed answer, which the client may be waiting for piece by piece."""
+
+    def send_response(self, data: bytes) -> None:
+        """A whole answer; the transport may hold it briefly to write it together with others."""
 
 
 class DateCache:
@@ -131,14 +141,14 @@ class WSGIRunner:
         self.dates = DateCache()
         self.closing = False  # set at shutdown: responses from then on carry Connection: close
 
-    def run(self, request: Request, peer: tuple[str, int], send: Send, keep_alive: bool) -> bool:
+    def run(self, request: Request, peer: tuple[str, int], sink: Sink, keep_alive: bool) -> bool:
         """Answer one request; True when the connection may carry another.
 
         Raises OSError when sending fails (the client went away).
         """
         log = self.access_log
         started = time.perf_counter() if log is not None else 0.0
-        exchange = _Exchange(self, request, send, keep_alive)
+        exchange = _Exchange(self, request, sink.send_all, keep_alive)
         env = self.environ.build(request, peer)
         try:
             result = self.app(env, exchange.start_response)
@@ -148,9 +158,9 @@ class WSGIRunner:
                 plan = exchange.begin(len(body))
                 if plan.send_body and body:
                     exchange.bytes_sent = len(body)
-                    send(plan.head + body)
+                    sink.send_response(plan.head + body)
                 else:
-                    send(plan.head)
+                    sink.send_response(plan.head)
             else:
                 self._stream(result, exchange)
                 plan = exchange.plan
@@ -165,7 +175,7 @@ class WSGIRunner:
             keep = False
             if exchange.plan is None:
                 exchange.status = None
-                send(error_response(500, "the application failed; the error is in the server log",
+                sink.send_response(error_response(500, "the application failed; the error is in the server log",
                                     date=self.dates.now(), server=self.server_header))
         if log is not None:
             status = int(exchange.status[:3]) if exchange.status else 500
