@@ -264,6 +264,17 @@ def test_graceful_shutdown_finishes_in_flight_requests(server_factory, raw_facto
         socket.create_connection(server.address, timeout=2).close()
 
 
+def test_a_request_outlasting_the_grace_period_does_not_keep_the_server_running(server_factory, raw_factory):
+    server = server_factory("--app", "apps:paced", "--threads", "2", "--graceful-timeout", "1", "--no-access-log")
+    busy = raw_factory(server.address)
+    busy.send(get("/long?sleep=60&stream=1"))
+    busy.read_until(b"/long:begun;")  # inside the application, for a minute
+    server.signal(signal.SIGTERM)
+    assert server.proc.wait(timeout=20) == 0  # the grace period (1 s) and a little more, not the minute
+    with pytest.raises(ConnectionError):
+        busy.read_response(timeout=5)  # cut off: the answer never completed
+
+
 def test_sigint_also_shuts_down_cleanly(server_factory):
     server = server_factory("--app", "apps:echo")
     server.signal(signal.SIGINT)

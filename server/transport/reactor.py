@@ -278,8 +278,13 @@ class Reactor:
         for worker in self._workers:
             self._write_held(worker)  # answers finished by a thread that has not come back
         for conn in list(self.conns.values()):
-            with conn.lock:
-                self._close(conn)
+            # A thread still inside the application after the grace period keeps its connection
+            # locked; that request is cut off when the process exits, as the grace period means.
+            if conn.lock.acquire(timeout=0.05):
+                try:
+                    self._close(conn)
+                finally:
+                    conn.lock.release()
         self.poller.close()
         for fd in (self._wake_r, self._wake_w, self._main_r, self._main_w):
             with contextlib.suppress(OSError):
