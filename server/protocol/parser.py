@@ -58,6 +58,51 @@ class _State(enum.Enum):
     TRAILERS = 5
 
 
+_REMEMBER_BLOCK = 2048  # longest header block a parser keeps to compare with the next one
+
+# A header block's fields and what they mean for framing, which depends on nothing else:
+# (fields, host, host count, Content-Length count, its raw value, transfer codings or None,
+#  Connection: close, Connection: keep-alive, Expect: 100-continue)
+_FieldFacts = tuple[list[tuple[str, str]], "str | None", int, int, str, "tuple[str, ...] | None", bool, bool, bool]
+
+
+def _field_facts(headers: list[tuple[str, str]]) -> _FieldFacts:
+    """Pick out the framing fields; raises for a bad Host or Expect, the checks that need no request line."""
+    host: str | None = None
+    host_count = length_count = 0
+    raw_length = ""
+    codings: list[str] | None = None
+    close = keep_alive_token = expect = False
+    for name, value in headers:
+        if name not in _FRAMING_FIELDS:
+            continue
+        if name == "host":
+            host_count += 1
+            if value not in _good_hosts:
+                _check_host(value)
+            host = value
+        elif name == "content-length":
+            length_count += 1
+            raw_length = value
+        elif name == "transfer-encoding":
+            if codings is None:
+                codings = []
+            codings.extend(c.strip().lower() for c in value.split(","))
+        elif name == "connection":
+            for token in value.lower().split(","):
+                token = token.strip()
+                if token == "close":
+                    close = True
+                elif token == "keep-alive":
+                    keep_alive_token = True
+        elif name == "expect":
+            if value.lower() != "100-continue":
+                raise ProtocolError(417, f"unsupported expectation {value!r}; only 100-continue is known")
+            expect = True
+    return (headers, host, host_count, length_count, raw_length, None if codings is None else tuple(codings),
+            close, keep_alive_token, expect)
+
+
 _HEAD = _State.HEAD  # module constants: an enum attribute lookup on the hot path costs more
 _LENGTH_BODY = _State.LENGTH_BODY
 
@@ -65,8 +110,8 @@ _LENGTH_BODY = _State.LENGTH_BODY
 class RequestParser:
     """Turns a byte stream into ``Request`` objects, one complete request at a time."""
 
-    __slots__ = ("_body", "_buf", "_continue_due", "_empty_lines", "_limits", "_pending", "_remaining",
-                 "_scan_from", "_state", "_trailer_bytes", "_trailer_count")
+    __slots__ = ("_body", "_buf", "_continue_due", "_empty_lines", "_last_block", "_last_fields", "_limits",
+                 "_pending", "_remaining", "_scan_from", "_state", "_trailer_bytes", "_trailer_count")
 
     def __init__(self, limits: Limits | None = None) -> None:
         self._limits = limits or Limits()
@@ -80,6 +125,10 @@ class RequestParser:
         self._empty_lines = 0
         self._trailer_bytes = 0
         self._trailer_count = 0
+        # The header block of this connection's last request and what it said. A client, or a proxy
+        # on its upstream connection, usually repeats the same block, and then the work is done once.
+        self._last_block = ""
+        self._last_fields: _FieldFacts | None = None
 
     # -- input -----------------------------------------------------------------------------------------
 
@@ -237,39 +286,15 @@ class RequestParser:
         if major != "1":
             raise ProtocolError(505, f"HTTP/{major}.{minor} is not supported; use HTTP/1.1")
         http11 = minor != "0"
-        start = match.end()
-        headers = self._fields(text[start:-2]) if len(text) - start > 2 else []
-        host: str | None = None
-        host_count = length_count = 0
-        raw_length = ""
-        codings: list[str] | None = None
-        close = keep_alive_token = expect_continue = False
-        for name, value in headers:
-            if name not in _FRAMING_FIELDS:
-                continue
-            if name == "host":
-                host_count += 1
-                if value not in _good_hosts:
-                    _check_host(value)
-                host = value
-            elif name == "content-length":
-                length_count += 1
-                raw_length = value
-            elif name == "transfer-encoding":
-                if codings is None:
-                    codings = []
-                codings.extend(c.strip().lower() for c in value.split(","))
-            elif name == "connection":
-                for token in value.lower().split(","):
-                    token = token.strip()
-                    if token == "close":
-                        close = True
-                    elif token == "keep-alive":
-                        keep_alive_token = True
-            elif name == "expect":
-                if value.lower() != "100-continue":
-                    raise ProtocolError(417, f"unsupported expectation {value!r}; only 100-continue is known")
-                expect_continue = http11
+        block = text[match.end():-2]
+        if block == self._last_block and self._last_fields is not None:
+            facts = self._last_fields
+        else:
+            facts = _field_facts(self._fields(block) if block else [])
+            if len(block) <= _REMEMBER_BLOCK:
+                self._last_block, self._last_fields = block, facts
+        headers, host, host_count, length_count, raw_length, codings, close, keep_alive_token, expect = facts
+        expect_continue = expect and http11
 
         if host_count > 1:
             raise ProtocolError(400, "more than one Host header")
