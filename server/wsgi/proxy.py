@@ -30,6 +30,8 @@ class TrustedProxies:
         """The first address, from the right, that is not one of our proxies."""
         if forwarded_for is None or not self.trusts(peer):
             return peer
+        if "," not in forwarded_for:  # one hop, the usual case behind one proxy: it is the answer either way
+            return forwarded_for.strip() or peer
         hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
         for hop in reversed(hops):
             if not self.trusts(hop):
