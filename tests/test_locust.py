@@ -87,8 +87,15 @@ def assert_clean_run(proc: subprocess.CompletedProcess[str], stats: dict[str, di
 # --- a deliberately wrong server, to show the checks can fail ---------------------------------------
 
 
+WRONG = b"1" + b"0" * 30
+
+
 class WrongHandler(http.server.BaseHTTPRequestHandler):
-    """Answers every request 200, with a wrong number: GET -> ``6``, POST -> ``{"result": 9}``."""
+    """Answers every request 200 with 10**30, a number none of the scenarios' operations can produce.
+
+    (Operands stay below 1e9 with at most four decimals, so no sum, product or quotient reaches it;
+    a small fixed answer such as 9 is now and then right, 4 + 5, and the check rightly passes.)
+    """
 
     protocol_version = "HTTP/1.1"
 
@@ -103,10 +110,10 @@ class WrongHandler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self) -> None:
-        self._reply("text/plain", b"6")
+        self._reply("text/plain", WRONG)
 
     def do_POST(self) -> None:
-        self._reply("application/json", b'{"result": 9}')
+        self._reply("application/json", b'{"result": ' + WRONG + b"}")
 
     def log_message(self, *_args: object) -> None:
         pass
