@@ -195,8 +195,7 @@ class Reactor:
                 continue
             conn.lock.release()
             if conn.dirty and not conn.closed:
-                self.backlog.append((conn.fd, 0))  # data came while it was held: for the leader
-                self._wake_leader()
+                self._requeue(conn)
 
     def _promote(self) -> None:
         """Hand the poller to an idle worker; caller holds self._lock and has checked one is idle."""
@@ -323,11 +322,12 @@ class Reactor:
                 for worker in workers:
                     if worker.held:
                         self._flush(me)
-                        break
-                try:
-                    backlog.extend(poll(_POLL_TIMEOUT))
-                except OSError:
-                    break  # poller closed at shutdown
+                        break  # and look again: a connection written may be back in the backlog
+                else:
+                    try:
+                        backlog.extend(poll(_POLL_TIMEOUT))
+                    except OSError:
+                        break  # poller closed at shutdown
                 continue
             try:
                 item = backlog.popleft()
@@ -424,7 +424,12 @@ class Reactor:
             self._close(conn)
         conn.lock.release()
         if conn.dirty and not conn.closed:
-            self._take(conn, me)  # data came while it was held
+            self._requeue(conn)
+
+    def _requeue(self, conn: Connection) -> None:
+        """Data came while the connection was held: the leader reads it (not us, or flushes could nest)."""
+        self.backlog.append((conn.fd, 0))
+        self._wake_leader()
 
     def _wake_leader(self) -> None:
         with contextlib.suppress(OSError):
