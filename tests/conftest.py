@@ -257,6 +257,11 @@ class RawClient:
             self.sock.close()
 
 
+def get(path: str, extra: str = "") -> bytes:
+    """A raw HTTP/1.1 GET request, with extra header lines (each ending in CRLF) if given."""
+    return f"GET {path} HTTP/1.1\r\nHost: test\r\n{extra}\r\n".encode()
+
+
 def fetch(url: str, path: str, method: str = "GET", body: bytes | None = None,
           headers: dict[str, str] | None = None, source: str | None = None,
           timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:

@@ -6,13 +6,10 @@ import socket
 import threading
 
 import pytest
+from conftest import get
 
 from server.protocol import RequestParser
 from server.transport.connection import HOLD_LIMIT, Connection
-
-
-def get(path: str, extra: str = "") -> bytes:
-    return f"GET {path} HTTP/1.1\r\nHost: test\r\n{extra}\r\n".encode()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import RawClient
+from conftest import RawClient, get
 
 GET = b"GET %s HTTP/1.1\r\nHost: test\r\n\r\n"
 
@@ -19,10 +19,6 @@ GET = b"GET %s HTTP/1.1\r\nHost: test\r\n\r\n"
 @pytest.fixture
 def echo(server_factory):
     return server_factory("--app", "apps:echo", "--no-access-log")
-
-
-def get(path: str, extra: str = "") -> bytes:
-    return f"GET {path} HTTP/1.1\r\nHost: test\r\n{extra}\r\n".encode()
 
 
 def test_keep_alive_serves_many_requests_on_one_connection(echo, raw_factory):
