@@ -181,6 +181,10 @@ class RawClient:
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
+    def half_close(self) -> None:
+        """Close our sending side (the server reads EOF) and keep reading its answers."""
+        self.sock.shutdown(socket.SHUT_WR)
+
     def _fill(self) -> bool:
         chunk = self.sock.recv(65536)
         if not chunk:

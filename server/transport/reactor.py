@@ -25,7 +25,10 @@ and the leader writes the batch back to back once it has served what its poll
 returned, after ``HOLD_MAX`` answers or ``HOLD_FOR`` seconds, whichever comes
 first; the client then wakes once per batch. A thread stuck in a slow call
 holds no one up: the monitor writes what it held once the call counts as a
-stall. Under light load the batch is one answer and nothing waits.
+stall. Under light load the batch is one answer and nothing waits. A client's EOF
+ends its requests, not its wish for the answers (RFC 9112 9.6): what a
+connection holds is written before it closes, so held answers cost nothing to a
+client that half-closes; this is checked only on the EOF path, never per answer.
 """
 
 from __future__ import annotations
@@ -416,19 +419,23 @@ class Reactor:
 
     def _release(self, conn: Connection, me: _Worker) -> None:
         try:
-            if not conn.flush():
-                # The client is not reading fast enough; wait for it like any other write,
-                # with the monitor watching so the poller does not wait too.
-                me.busy_since = monotonic()
-                try:
-                    conn.send_all(b"")
-                finally:
-                    me.busy_since = 0.0
+            self._write_out(conn, me)
         except OSError:
             self._close(conn)
         conn.lock.release()
         if conn.dirty and not conn.closed:
             self._requeue(conn)
+
+    @staticmethod
+    def _write_out(conn: Connection, me: _Worker) -> None:
+        """Write what the connection holds; a client slow to read is waited for like any other write,
+        with the monitor watching so the poller does not wait too."""
+        if not conn.flush():
+            me.busy_since = monotonic()
+            try:
+                conn.send_all(b"")
+            finally:
+                me.busy_since = 0.0
 
     def _requeue(self, conn: Connection) -> None:
         """Data came while the connection was held: the leader reads it (not us, or flushes could nest)."""
@@ -524,11 +531,14 @@ class Reactor:
         conn.last_io = now
         parser = conn.parser
         if not data:
+            # The client is done sending, not listening (RFC 9112 9.6): what it asked before the EOF
+            # is answered first, held answers included, then the 400 for a request the EOF cut off.
             try:
                 parser.feed_eof()
             except ProtocolError as exc:
-                self._reject(conn, exc, now)
+                self._reject(conn, exc, now, me)
                 return False
+            self._write_out(conn, me)
             self._close(conn)
             return False
         parser.feed(data)
@@ -548,7 +558,7 @@ class Reactor:
                 try:
                     request = parser.next_request()
                 except ProtocolError as exc:
-                    self._reject(conn, exc, now)
+                    self._reject(conn, exc, now, me)
                     return False
                 if request is None:
                     break
@@ -591,10 +601,19 @@ class Reactor:
         self._rearm(conn)
         return False
 
-    def _reject(self, conn: Connection, error: ProtocolError, now: float) -> None:
-        """A request we cannot parse: say why (problem+json), then close, since framing is lost."""
-        conn.send_nowait(error_response(error.status, error.detail, date=self.runner.dates.now(),
-                                        server=self.settings.server_header))
+    def _reject(self, conn: Connection, error: ProtocolError, now: float, me: _Worker | None = None) -> None:
+        """A request we cannot parse: say why (problem+json), then close, since framing is lost.
+
+        A worker (``me``) writes it behind the answers the connection holds, waiting for a slow reader
+        as for any answer; the timeout sweep on the main thread must not wait, and holds none.
+        """
+        response = error_response(error.status, error.detail, date=self.runner.dates.now(),
+                                  server=self.settings.server_header)
+        if me is None:
+            conn.send_nowait(response)
+        else:
+            conn.out += response
+            self._write_out(conn, me)
         if self.access_log is not None:
             self.access_log.log(conn.peer[0], "-", "-", "-", error.status, 0, 0.0, None, None, None)
         conn.start_draining(now)
