@@ -221,8 +221,15 @@ def test_nginx_request_id_appears_in_the_server_log(stack):
     status, headers, _ = fetch(stack.port, "/add/40/2")
     assert status == 200
     rid = headers["x-request-id"]
-    poll(lambda: f"rid={rid}" in stack.compose("logs", "--no-color", "server").stdout, 15,
-         f"request id {rid} in the server log")
+
+    def line_with_rid(service: str, text: str) -> str:
+        lines = stack.compose("logs", "--no-color", "--no-log-prefix", service).stdout.splitlines()
+        return next((line for line in lines if text in line), "")
+
+    server_line = poll(lambda: line_with_rid("server", f"rid={rid}"), 15, f"request id {rid} in the server log")
+    nginx_line = poll(lambda: line_with_rid("nginx", f'"request_id":"{rid}"'), 15, f"request id {rid} in nginx's log")
+    # The server logs the client nginx saw (it trusts nginx's X-Forwarded-For), not nginx's own address.
+    assert server_line.split()[0] == json.loads(nginx_line)["remote_addr"], (server_line, nginx_line)
 
 
 def test_containers_on_the_compose_network_reach_nginx_and_server(stack):
