@@ -11,9 +11,12 @@ import argparse
 import dataclasses
 import ipaddress
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from . import __version__
+from .bindspec import parse_bind
 from .protocol import Limits
 
 ENV_PREFIX = "CALC_"
@@ -73,6 +76,31 @@ def _networks(text: str) -> tuple[str, ...]:
     return items
 
 
+def _binds(text: str) -> tuple[str, ...]:
+    """Listen addresses, comma separated; each checked for its form here, so a typo fails before startup."""
+    items = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not items:
+        raise ValueError("expected at least one address")
+    for item in items:
+        try:
+            parse_bind(item)
+        except ValueError as exc:
+            raise ValueError(f"{item!r}: {exc}" if len(items) > 1 else str(exc)) from None
+    return items
+
+
+def _umask(text: str) -> str:
+    """Octal, as the umask command takes it; kept as text so the default (unset) reads as such."""
+    text = text.strip()
+    try:
+        value = int(text, 8)
+    except ValueError:
+        raise ValueError(f"expected an octal file mode mask such as 077, got {text!r}") from None
+    if not 0 <= value <= 0o777:
+        raise ValueError(f"must be 000..777, got {text}")
+    return text
+
+
 @dataclasses.dataclass(frozen=True)
 class Option:
     name: str
@@ -80,6 +108,8 @@ class Option:
     parse: Callable[[str], Any]
     help: str
     flag_only_true: bool = False  # a switch such as --no-access-log
+    repeat: bool = False  # the flag may be given several times; the values (tuples) add up
+    short: str = ""  # a one-letter alias such as -b
 
     @property
     def flag(self) -> str:
@@ -126,6 +156,14 @@ OPTIONS: tuple[Option, ...] = (
            "Peers (addresses or CIDR, * for any) whose X-Forwarded-For/-Proto are trusted."),
     Option("access_log", True, _bool, "Write one access-log line per request to stdout.", flag_only_true=True),
     Option("server_header", "calc-server", _header_value, "Value of the Server response header; empty to omit it."),
+    # --- binding anywhere (issue 11) ---
+    Option("bind", (), _binds,
+           "Listen address, repeatable: HOST:PORT, [IPv6]:PORT, unix:PATH or fd://N (comma separated in the "
+           "environment). Given, it replaces --host/--port; sockets passed by systemd are always served.",
+           repeat=True, short="-b"),
+    Option("umask", "", _umask,
+           "Octal mask applied to the mode of Unix socket files this server creates (077: owner only); "
+           "unset keeps the process umask."),
 )
 
 
@@ -155,6 +193,9 @@ class Settings:
     forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
     access_log: bool = True
     server_header: str = "calc-server"
+    # --- binding anywhere (issue 11) ---
+    bind: tuple[str, ...] = ()
+    umask: str = ""
 
     def limits(self) -> Limits:
         """The parser's share of the settings."""
@@ -194,15 +235,21 @@ def _flag_parser(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    invoked = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     parser = argparse.ArgumentParser(
-        prog="python3 -m server",
+        prog="calc-server" if invoked == "calc-server" else "python3 -m server",
         description="A threaded HTTP/1.1 WSGI server written from raw sockets; serves the calculator by default.",
         epilog=f"Every option can also be set from the environment: {ENV_PREFIX}<NAME> "
         f"(for example {ENV_PREFIX}PORT=8080, {ENV_PREFIX}ACCESS_LOG=false). Flags win over the environment.",
     )
+    parser.add_argument("-V", "--version", action="version", version=f"calc-server {__version__}")
     for option in OPTIONS:
         help_text = f"{option.help} [env {option.env}, default {_render_default(option)}]"
-        if option.flag_only_true:
+        if option.repeat:
+            parser.add_argument(*filter(None, (option.short, option.flag)), dest=option.name, action="append",
+                                type=_flag_parser(option.parse), default=None, metavar=option.name.upper(),
+                                help=help_text)
+        elif option.flag_only_true:
             parser.add_argument(f"--no-{option.name.replace('_', '-')}", dest=option.name,
                                 action="store_const", const=False, default=None, help=help_text)
         else:
@@ -219,6 +266,8 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     values: dict[str, Any] = {}
     for option in OPTIONS:
         value = getattr(args, option.name)
+        if option.repeat and value is not None:
+            value = tuple(item for given in value for item in given)  # -b A -b B,C: every one of them
         if value is None and option.env in environ:
             try:
                 value = option.parse(environ[option.env])

@@ -1,4 +1,4 @@
-"""The pre-fork master: N worker processes on one listening socket, replaced when they die.
+"""The pre-fork master: N worker processes on the same listening sockets, replaced when they die.
 
 The master only supervises; it never accepts or runs application code, so a
 crashing worker cannot take the listening socket or its siblings with it.
@@ -10,19 +10,20 @@ import contextlib
 import os
 import select
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable
+
+from .listener import Listener
 
 _RESPAWN_WINDOW = 10.0  # seconds
 _RESPAWN_BURST = 10  # deaths within the window before the master backs off
 
 
 class Arbiter:
-    def __init__(self, listener: socket.socket, workers: int, graceful_timeout: float,
+    def __init__(self, listeners: list[Listener], workers: int, graceful_timeout: float,
                  run_worker: Callable[[], int]) -> None:
-        self.listener = listener
+        self.listeners = listeners
         self.size = workers
         self.graceful_timeout = graceful_timeout
         self.run_worker = run_worker
@@ -100,10 +101,11 @@ class Arbiter:
             self._spawn()
 
     def _shutdown(self) -> int:
-        # Close our copy of the listening socket first: while the master holds it, the kernel keeps
+        # Close our copies of the listening sockets first: while the master holds one, the kernel keeps
         # completing connections into its backlog that no worker will ever accept, and those clients
         # wait out the whole shutdown to be reset instead of being refused at once.
-        self.listener.close()
+        for listener in self.listeners:
+            listener.close()
         for pid in self.children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
