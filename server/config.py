@@ -1,6 +1,6 @@
 """Every setting in one table: default, command-line flag, environment variable and help.
 
-The table is the single source of truth: ``--help``, the README configuration
+The table is the single source of truth: ``--help``, the configuration page's
 table and the environment lookup are all generated from ``OPTIONS``, so a
 setting cannot exist in one place and be missing from another.
 """
@@ -29,32 +29,43 @@ def _bool(text: str) -> bool:
         return True
     if lowered in {"0", "false", "no", "off"}:
         return False
-    raise ValueError(f"expected a boolean (true/false), got {text!r}")
+    raise ValueError("expected true or false (also 1/0, yes/no, on/off)")
+
+
+def _int(text: str) -> int:
+    """A whole number; Python's own message ("invalid literal for int() with base 10") helps no one."""
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError("expected a whole number") from None
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = _int(text)
     if value < 1:
         raise ValueError(f"must be at least 1, got {value}")
     return value
 
 
 def _non_negative_int(text: str) -> int:
-    value = int(text)
+    value = _int(text)
     if value < 0:
         raise ValueError(f"must be 0 or more, got {value}")
     return value
 
 
 def _port(text: str) -> int:
-    value = int(text)
+    value = _int(text)
     if not 0 <= value <= 65535:
         raise ValueError(f"port must be 0..65535, got {value}")
     return value
 
 
 def _seconds(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("expected a number of seconds, such as 30 or 0.5") from None
     if not value > 0:
         raise ValueError(f"must be a positive number of seconds, got {text}")
     return value
@@ -106,8 +117,7 @@ class Option:
     name: str
     default: Any
     parse: Callable[[str], Any]
-    help: str
-    flag_only_true: bool = False  # a switch such as --no-access-log
+    help: str  # for a bool option: what --NAME does; --no-NAME does the opposite
     repeat: bool = False  # the flag may be given several times; the values (tuples) add up
     short: str = ""  # a one-letter alias such as -b
 
@@ -118,6 +128,15 @@ class Option:
     @property
     def env(self) -> str:
         return ENV_PREFIX + self.name.upper()
+
+    @property
+    def is_switch(self) -> bool:
+        """A bool default makes a switch: --NAME and --no-NAME, so a flag can undo the environment."""
+        return isinstance(self.default, bool)
+
+    @property
+    def negative_flag(self) -> str:
+        return "--no-" + self.name.replace("_", "-")
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -154,7 +173,8 @@ OPTIONS: tuple[Option, ...] = (
            "Requests a client may queue on one connection before the server stops reading from it."),
     Option("forwarded_allow_ips", ("127.0.0.1", "::1"), _networks,
            "Peers (addresses or CIDR, * for any) whose X-Forwarded-For/-Proto are trusted."),
-    Option("access_log", True, _bool, "Write one access-log line per request to stdout.", flag_only_true=True),
+    Option("access_log", True, _bool,
+           "Write one access-log line per request to stdout; --no-access-log writes none."),
     Option("server_header", "calc-server", _header_value, "Value of the Server response header; empty to omit it."),
     # --- binding anywhere (issue 11) ---
     Option("bind", (), _binds,
@@ -222,6 +242,16 @@ def _render_default(option: Option) -> str:
     return str(option.default)
 
 
+def _explain(exc: ValueError) -> str:
+    """What was expected, also from a bare ``int``/``float`` used as a parser."""
+    text = str(exc)
+    if text.startswith("invalid literal for int()"):
+        return "expected a whole number"
+    if text.startswith("could not convert string to float"):
+        return "expected a number"
+    return text
+
+
 def _flag_parser(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     """argparse shows only the type's name for a ValueError; this passes on what was wrong."""
 
@@ -229,7 +259,7 @@ def _flag_parser(parse: Callable[[str], Any]) -> Callable[[str], Any]:
         try:
             return parse(text)
         except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+            raise argparse.ArgumentTypeError(f"{text!r}: {_explain(exc)}") from None
 
     return checked
 
@@ -249,9 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(*filter(None, (option.short, option.flag)), dest=option.name, action="append",
                                 type=_flag_parser(option.parse), default=None, metavar=option.name.upper(),
                                 help=help_text)
-        elif option.flag_only_true:
-            parser.add_argument(f"--no-{option.name.replace('_', '-')}", dest=option.name,
-                                action="store_const", const=False, default=None, help=help_text)
+        elif option.is_switch:
+            parser.add_argument(option.flag, dest=option.name, action=argparse.BooleanOptionalAction,
+                                default=None, help=help_text)
         else:
             parser.add_argument(option.flag, dest=option.name, type=_flag_parser(option.parse),
                                 default=None, metavar=option.name.upper(), help=help_text)
@@ -272,15 +302,16 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             try:
                 value = option.parse(environ[option.env])
             except ValueError as exc:
-                parser.error(f"{option.env}={environ[option.env]!r}: {exc}")
+                parser.error(f"{option.env}={environ[option.env]!r}: {_explain(exc)}")
         values[option.name] = option.default if value is None else value
     return Settings(**values)
 
 
 def markdown_table() -> str:
-    """The README configuration table, generated so it never drifts."""
+    """The settings table of docs/configuration.md, generated when the site is built so it never drifts."""
     rows = ["| flag | environment | default | meaning |", "| --- | --- | --- | --- |"]
     for option in OPTIONS:
-        flag = f"--no-{option.name.replace('_', '-')}" if option.flag_only_true else option.flag
-        rows.append(f"| `{flag}` | `{option.env}` | `{_render_default(option)}` | {option.help} |")
+        flag = (f"`{option.short}`, " if option.short else "") + f"`{option.flag}`"
+        flag += f" / `{option.negative_flag}`" if option.is_switch else ""
+        rows.append(f"| {flag} | `{option.env}` | `{_render_default(option)}` | {option.help} |")
     return "\n".join(rows)
