@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from . import config
+from .metrics import Metrics
 from .transport.arbiter import Arbiter
 from .transport.listener import bind, display_address, raise_open_file_limit
 from .transport.server import serve
@@ -29,11 +30,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     ready = (f"calc-server: listening on {display_address(listener)} (pid {os.getpid()}, "
              f"workers {settings.workers}, threads {settings.threads}, open files {nofile})")
 
+    metrics = None
+    if settings.metrics_bind:
+        metrics = Metrics(settings.workers, settings.threads)
+        try:
+            endpoint = metrics.listen(*config.split_host_port(settings.metrics_bind))
+        except OSError as exc:
+            print(f"server: cannot listen for metrics on {settings.metrics_bind}: {exc.strerror or exc}",
+                  file=sys.stderr)
+            return 1
+        print(f"calc-server: metrics on {endpoint.address}", flush=True)
+
     def announce() -> None:
         print(ready, flush=True)
 
     if settings.workers == 1:
-        return serve(listener, app, settings, multiprocess=False, on_ready=announce)
-    arbiter = Arbiter(listener, settings.workers, settings.graceful_timeout,
-                      lambda: serve(listener, app, settings, multiprocess=True))
+        if metrics is not None:
+            metrics.single_process()
+            endpoint.start()
+        return serve(listener, app, settings, multiprocess=False, on_ready=announce, metrics=metrics)
+
+    def run_worker() -> int:
+        if metrics is not None:
+            metrics.worker_started()
+        return serve(listener, app, settings, multiprocess=True, metrics=metrics)
+
+    arbiter = Arbiter(listener, settings.workers, settings.graceful_timeout, run_worker, hooks=metrics)
+    if metrics is not None:
+        metrics.restarts = lambda: arbiter.restarts
+        endpoint.start()
     return arbiter.run(on_ready=announce)

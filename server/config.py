@@ -73,6 +73,28 @@ def _networks(text: str) -> tuple[str, ...]:
     return items
 
 
+def split_host_port(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[IPv6]:PORT`` into its parts; ValueError says what is wrong."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected HOST:PORT (for example 127.0.0.1:9100), got {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"an IPv6 address needs brackets, as in [::1]:9100; got {text!r}")
+    if not port.isdigit():
+        raise ValueError(f"port must be a number, got {port!r}")
+    return host, _port(port)
+
+
+def _optional_bind(text: str) -> str:
+    """Empty (off) or a valid HOST:PORT."""
+    text = text.strip()
+    if text:
+        split_host_port(text)
+    return text
+
+
 @dataclasses.dataclass(frozen=True)
 class Option:
     name: str
@@ -126,6 +148,9 @@ OPTIONS: tuple[Option, ...] = (
            "Peers (addresses or CIDR, * for any) whose X-Forwarded-For/-Proto are trusted."),
     Option("access_log", True, _bool, "Write one access-log line per request to stdout.", flag_only_true=True),
     Option("server_header", "calc-server", _header_value, "Value of the Server response header; empty to omit it."),
+    # --- metrics (issue 13) ---
+    Option("metrics_bind", "", _optional_bind,
+           "HOST:PORT of a separate listener serving Prometheus metrics at /metrics; empty (default) for none."),
 )
 
 
@@ -155,6 +180,8 @@ class Settings:
     forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
     access_log: bool = True
     server_header: str = "calc-server"
+    # --- metrics (issue 13) ---
+    metrics_bind: str = ""
 
     def limits(self) -> Limits:
         """The parser's share of the settings."""
