@@ -65,6 +65,7 @@ class Metrics:
         self.restarts: Callable[[], Mapping[str, int]] = dict  # the master's counts by reason, when it has one
         self.endpoint: MetricsEndpoint | None = None
         self._slot: int | None = None
+        self._cpu = 0.0
 
     def listen(self, host: str, port: int) -> MetricsEndpoint:
         """Bind the metrics listener (raises OSError); ``start()`` it once the server is set up."""
@@ -84,8 +85,11 @@ class Metrics:
     def scrape(self) -> bytes:
         totals = self.store.totals()
         workers = [pid for pid in self.store.pids() if pid != os.getpid()]
-        return exposition.render(totals, threads=self.threads, restarts=self.restarts(),
-                                 process=process.read(workers))
+        values = process.read(workers)
+        # A dead worker's CPU time moves from /proc to the kernel's total for reaped children, which
+        # rounds differently by a clock tick or so: never report less than before.
+        self._cpu = values["process_cpu_seconds_total"] = max(self._cpu, values["process_cpu_seconds_total"])
+        return exposition.render(totals, threads=self.threads, restarts=self.restarts(), process=values)
 
     # -- the pre-fork master's hooks (see transport.arbiter) ----------------------------------------------
 
