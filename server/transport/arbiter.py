@@ -1,4 +1,4 @@
-"""The pre-fork master: N worker processes on one listening socket, replaced when they die.
+"""The pre-fork master: N worker processes on the same listening sockets, replaced when they die.
 
 The master only supervises; it never accepts or runs application code, so a
 crashing worker cannot take the listening socket or its siblings with it.
@@ -10,12 +10,13 @@ import contextlib
 import os
 import select
 import signal
-import socket
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Protocol
+
+from .listener import Listener
 
 _RESPAWN_WINDOW = 10.0  # seconds
 _RESPAWN_BURST = 10  # deaths within the window before the master backs off
@@ -32,9 +33,9 @@ class WorkerHooks(Protocol):
 
 
 class Arbiter:
-    def __init__(self, listener: socket.socket, workers: int, graceful_timeout: float,
+    def __init__(self, listeners: list[Listener], workers: int, graceful_timeout: float,
                  run_worker: Callable[[], int], hooks: WorkerHooks | None = None) -> None:
-        self.listener = listener
+        self.listeners = listeners
         self.hooks = hooks
         self.restarts: Counter[str] = Counter()  # workers replaced, by reason (read by the metrics)
         self.size = workers
@@ -121,10 +122,11 @@ class Arbiter:
             self._spawn()
 
     def _shutdown(self) -> int:
-        # Close our copy of the listening socket first: while the master holds it, the kernel keeps
+        # Close our copies of the listening sockets first: while the master holds one, the kernel keeps
         # completing connections into its backlog that no worker will ever accept, and those clients
         # wait out the whole shutdown to be reset instead of being refused at once.
-        self.listener.close()
+        for listener in self.listeners:
+            listener.close()
         for pid in self.children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
