@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from . import config
 from .bindspec import parse_bind
+from .metrics import Metrics
 from .transport.arbiter import Arbiter
 from .transport.listener import ListenError, open_listeners, raise_open_file_limit
 from .transport.server import serve
@@ -32,14 +33,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     ready = (f"calc-server: listening on {addresses} (pid {os.getpid()}, "
              f"workers {settings.workers}, threads {settings.threads}, open files {nofile})")
 
+    metrics = None
+    if settings.metrics_bind:
+        metrics = Metrics(settings.workers, settings.threads)
+        try:
+            endpoint = metrics.listen(*config.split_host_port(settings.metrics_bind))
+        except OSError as exc:
+            print(f"server: cannot listen for metrics on {settings.metrics_bind}: {exc.strerror or exc}",
+                  file=sys.stderr)
+            return 1
+        print(f"calc-server: metrics on {endpoint.address}", flush=True)
+
     def announce() -> None:
         print(ready, flush=True)
 
     try:
         if settings.workers == 1:
-            return serve(listeners, app, settings, multiprocess=False, on_ready=announce)
-        arbiter = Arbiter(listeners, settings.workers, settings.graceful_timeout,
-                          lambda: serve(listeners, app, settings, multiprocess=True))
+            if metrics is not None:
+                metrics.single_process()
+                endpoint.start()
+            return serve(listeners, app, settings, multiprocess=False, on_ready=announce, metrics=metrics)
+
+        def run_worker() -> int:
+            if metrics is not None:
+                metrics.worker_started()
+            return serve(listeners, app, settings, multiprocess=True, metrics=metrics)
+
+        arbiter = Arbiter(listeners, settings.workers, settings.graceful_timeout, run_worker, hooks=metrics)
+        if metrics is not None:
+            metrics.restarts = lambda: arbiter.restarts
+            endpoint.start()
         return arbiter.run(on_ready=announce)
     finally:
         for listener in listeners:  # a worker never gets here (it leaves with os._exit): the files are ours

@@ -87,6 +87,28 @@ def _networks(text: str) -> tuple[str, ...]:
     return items
 
 
+def split_host_port(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[IPv6]:PORT`` into its parts; ValueError says what is wrong."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected HOST:PORT (for example 127.0.0.1:9100), got {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"an IPv6 address needs brackets, as in [::1]:9100; got {text!r}")
+    if not port.isdigit():
+        raise ValueError(f"port must be a number, got {port!r}")
+    return host, _port(port)
+
+
+def _optional_bind(text: str) -> str:
+    """Empty (off) or a valid HOST:PORT."""
+    text = text.strip()
+    if text:
+        split_host_port(text)
+    return text
+
+
 def _binds(text: str) -> tuple[str, ...]:
     """Listen addresses, comma separated; each checked for its form here, so a typo fails before startup."""
     items = tuple(part.strip() for part in text.split(",") if part.strip())
@@ -184,6 +206,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("umask", "", _umask,
            "Octal mask applied to the mode of Unix socket files this server creates (077: owner only); "
            "unset keeps the process umask."),
+    # --- metrics (issue 13) ---
+    Option("metrics_bind", "", _optional_bind,
+           "HOST:PORT of a separate listener serving Prometheus metrics at /metrics; empty (default) for none."),
 )
 
 
@@ -216,6 +241,8 @@ class Settings:
     # --- binding anywhere (issue 11) ---
     bind: tuple[str, ...] = ()
     umask: str = ""
+    # --- metrics (issue 13) ---
+    metrics_bind: str = ""
 
     def limits(self) -> Limits:
         """The parser's share of the settings."""

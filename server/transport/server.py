@@ -8,6 +8,7 @@ from typing import Any
 
 from ..accesslog import AccessLog
 from ..config import Settings
+from ..metrics import Metrics
 from ..wsgi import WSGIRunner
 from ..wsgi.environ import EnvironBuilder
 from ..wsgi.proxy import TrustedProxies
@@ -16,14 +17,15 @@ from .reactor import Reactor, make_signal_handler
 
 
 def serve(listeners: list[Listener], app: Callable[..., Any], settings: Settings, *, multiprocess: bool,
-          on_ready: Callable[[], None] | None = None) -> int:
+          on_ready: Callable[[], None] | None = None, metrics: Metrics | None = None) -> int:
     """Serve until SIGTERM/SIGINT, then shut down gracefully; returns the exit status."""
     access_log = AccessLog() if settings.access_log else None
     host, port = _server_name(listeners)
     environ = EnvironBuilder(server_name=host, server_port=port,
                              proxies=TrustedProxies(settings.forwarded_allow_ips), multiprocess=multiprocess)
     runner = WSGIRunner(app, environ, server_header=settings.server_header, access_log=access_log)
-    reactor = Reactor(listeners, runner, settings, access_log, exclusive_accept=multiprocess)
+    reactor = Reactor(listeners, runner, settings, access_log, exclusive_accept=multiprocess,
+                      metrics=metrics.recorders() if metrics is not None else None)
     handler = make_signal_handler(reactor)
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
