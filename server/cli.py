@@ -10,6 +10,7 @@ from . import config
 from .transport.arbiter import Arbiter
 from .transport.listener import bind, display_address, raise_open_file_limit
 from .transport.server import serve
+from .transport.tls import build_context
 from .wsgi import load_app
 
 
@@ -26,7 +27,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"server: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    ready = (f"calc-server: listening on {display_address(listener)} (pid {os.getpid()}, "
+    address = display_address(listener)
+    if settings.certfile:
+        try:
+            build_context(settings)  # fail here, once, rather than in every worker
+        except (OSError, ValueError) as exc:
+            print(f"server: cannot set up TLS: {exc}", file=sys.stderr)
+            return 2
+        address = address.replace("http://", "https://", 1)
+    ready = (f"calc-server: listening on {address} (pid {os.getpid()}, "
              f"workers {settings.workers}, threads {settings.threads}, open files {nofile})")
 
     def announce() -> None:

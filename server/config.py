@@ -73,6 +73,13 @@ def _networks(text: str) -> tuple[str, ...]:
     return items
 
 
+def _cert_reqs(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("none", "optional", "required"):
+        raise ValueError(f"expected none, optional or required, got {text!r}")
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class Option:
     name: str
@@ -126,6 +133,16 @@ OPTIONS: tuple[Option, ...] = (
            "Peers (addresses or CIDR, * for any) whose X-Forwarded-For/-Proto are trusted."),
     Option("access_log", True, _bool, "Write one access-log line per request to stdout.", flag_only_true=True),
     Option("server_header", "calc-server", _header_value, "Value of the Server response header; empty to omit it."),
+    # --- TLS and the PROXY protocol (issue 11) ---
+    Option("certfile", "", str, "PEM certificate (chain); when set, TCP listeners speak TLS (https)."),
+    Option("keyfile", "", str, "PEM private key; empty when it is in the certfile."),
+    Option("keyfile_password_file", "", str, "File whose first line is the private key's passphrase."),
+    Option("ca_certs", "", str, "PEM bundle of the CAs that client certificates must chain to."),
+    Option("cert_reqs", "none", _cert_reqs,
+           "Client certificates: none, optional (verified if sent) or required; needs --ca-certs unless none."),
+    Option("ciphers", "", str, "OpenSSL cipher list for TLS 1.2; empty for OpenSSL's defaults."),
+    Option("proxy_protocol", False, _bool,
+           "Peers in --forwarded-allow-ips must open with a PROXY protocol v1/v2 header; its address is the client."),
 )
 
 
@@ -155,6 +172,14 @@ class Settings:
     forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
     access_log: bool = True
     server_header: str = "calc-server"
+    # --- TLS and the PROXY protocol (issue 11) ---
+    certfile: str = ""
+    keyfile: str = ""
+    keyfile_password_file: str = ""
+    ca_certs: str = ""
+    cert_reqs: str = "none"
+    ciphers: str = ""
+    proxy_protocol: bool = False
 
     def limits(self) -> Limits:
         """The parser's share of the settings."""

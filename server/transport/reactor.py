@@ -81,12 +81,14 @@ class _Worker:
 
 class Reactor:
     def __init__(self, listener: socket.socket, runner: WSGIRunner, settings: Settings,
-                 access_log: AccessLog | None, exclusive_accept: bool = False) -> None:
+                 access_log: AccessLog | None, exclusive_accept: bool = False,
+                 connection: Callable[..., Connection] | None = None) -> None:
         self.listener: socket.socket | None = listener
         self.runner = runner
         self.settings = settings
         self.access_log = access_log
         self.limits = settings.limits()
+        self._connection = connection or Connection  # TLS and PROXY-protocol connections: see tls.py
         self._max_pipeline = settings.max_pipeline
         self.poller = Poller()
         self._rearm_needed = self.poller.needs_rearm
@@ -458,7 +460,7 @@ class Reactor:
                 continue
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = Connection(sock, peer[:2], RequestParser(self.limits), now, self.settings.send_timeout)
+            conn = self._connection(sock, peer[:2], RequestParser(self.limits), now, self.settings.send_timeout)
             if not self.conns:
                 self._wake_main()  # from now on stalls need watching: switch to the short tick
             self.conns[conn.fd] = conn
