@@ -1,4 +1,4 @@
-"""``python3 -m server``: settings in, a serving process (or a pre-fork master) out."""
+"""``calc-server`` / ``python3 -m server``: settings in, a serving process (or a pre-fork master) out."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import sys
 from collections.abc import Sequence
 
 from . import config
+from .bindspec import parse_bind
+from .metrics import Metrics
 from .transport.arbiter import Arbiter
-from .transport.listener import bind, display_address, raise_open_file_limit
+from .transport.listener import ListenError, open_listeners, raise_open_file_limit
 from .transport.server import serve
 from .wsgi import load_app
 
@@ -22,18 +24,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     nofile = raise_open_file_limit()
     try:
-        listener = bind(settings.host, settings.port, settings.backlog)
-    except OSError as exc:
-        print(f"server: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}", file=sys.stderr)
+        listeners = open_listeners(tuple(parse_bind(text) for text in settings.bind), settings.host, settings.port,
+                                   settings.backlog, settings.umask)
+    except ListenError as exc:
+        print(f"server: {exc}", file=sys.stderr)
         return 1
-    ready = (f"calc-server: listening on {display_address(listener)} (pid {os.getpid()}, "
+    addresses = ", ".join(listener.display() for listener in listeners)
+    ready = (f"calc-server: listening on {addresses} (pid {os.getpid()}, "
              f"workers {settings.workers}, threads {settings.threads}, open files {nofile})")
+
+    metrics = None
+    if settings.metrics_bind:
+        metrics = Metrics(settings.workers, settings.threads)
+        try:
+            endpoint = metrics.listen(*config.split_host_port(settings.metrics_bind))
+        except OSError as exc:
+            print(f"server: cannot listen for metrics on {settings.metrics_bind}: {exc.strerror or exc}",
+                  file=sys.stderr)
+            return 1
+        print(f"calc-server: metrics on {endpoint.address}", flush=True)
 
     def announce() -> None:
         print(ready, flush=True)
 
-    if settings.workers == 1:
-        return serve(listener, app, settings, multiprocess=False, on_ready=announce)
-    arbiter = Arbiter(listener, settings.workers, settings.graceful_timeout,
-                      lambda: serve(listener, app, settings, multiprocess=True))
-    return arbiter.run(on_ready=announce)
+    try:
+        if settings.workers == 1:
+            if metrics is not None:
+                metrics.single_process()
+                endpoint.start()
+            return serve(listeners, app, settings, multiprocess=False, on_ready=announce, metrics=metrics)
+
+        def run_worker() -> int:
+            if metrics is not None:
+                metrics.worker_started()
+            return serve(listeners, app, settings, multiprocess=True, metrics=metrics)
+
+        arbiter = Arbiter(listeners, settings.workers, settings.graceful_timeout, run_worker, hooks=metrics)
+        if metrics is not None:
+            metrics.restarts = lambda: arbiter.restarts
+            endpoint.start()
+        return arbiter.run(on_ready=announce)
+    finally:
+        for listener in listeners:  # a worker never gets here (it leaves with os._exit): the files are ours
+            listener.remove_file()

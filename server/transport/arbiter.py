@@ -1,4 +1,4 @@
-"""The pre-fork master: N worker processes on one listening socket, replaced when they die.
+"""The pre-fork master: N worker processes on the same listening sockets, replaced when they die.
 
 The master only supervises; it never accepts or runs application code, so a
 crashing worker cannot take the listening socket or its siblings with it.
@@ -10,19 +10,34 @@ import contextlib
 import os
 import select
 import signal
-import socket
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
+from typing import Protocol
+
+from .listener import Listener
 
 _RESPAWN_WINDOW = 10.0  # seconds
 _RESPAWN_BURST = 10  # deaths within the window before the master backs off
 
 
+class WorkerHooks(Protocol):
+    """Told about every worker's life (the metrics' slot bookkeeping uses it)."""
+
+    def before_fork(self) -> None: ...
+
+    def spawned(self, pid: int) -> None: ...
+
+    def exited(self, pid: int) -> None: ...
+
+
 class Arbiter:
-    def __init__(self, listener: socket.socket, workers: int, graceful_timeout: float,
-                 run_worker: Callable[[], int]) -> None:
-        self.listener = listener
+    def __init__(self, listeners: list[Listener], workers: int, graceful_timeout: float,
+                 run_worker: Callable[[], int], hooks: WorkerHooks | None = None) -> None:
+        self.listeners = listeners
+        self.hooks = hooks
+        self.restarts: Counter[str] = Counter()  # workers replaced, by reason (read by the metrics)
         self.size = workers
         self.graceful_timeout = graceful_timeout
         self.run_worker = run_worker
@@ -57,6 +72,8 @@ class Arbiter:
         self.stopping = True
 
     def _spawn(self) -> None:
+        if self.hooks is not None:
+            self.hooks.before_fork()
         pid = os.fork()
         if pid == 0:  # the worker
             status = 1
@@ -76,6 +93,8 @@ class Arbiter:
                 sys.stderr.flush()
                 os._exit(status)
         self.children[pid] = time.monotonic()
+        if self.hooks is not None:
+            self.hooks.spawned(pid)
 
     def _reap(self) -> None:
         while True:
@@ -85,11 +104,14 @@ class Arbiter:
                 return
             if pid == 0:
                 return
+            if self.hooks is not None:
+                self.hooks.exited(pid)
             if self.children.pop(pid, None) is not None and not self.stopping:
                 code = os.waitstatus_to_exitcode(status)
                 how = f"signal {-code}" if code < 0 else f"exit status {code}"
                 print(f"server: worker {pid} died ({how}); starting a replacement", file=sys.stderr, flush=True)
                 self.deaths.append(time.monotonic())
+                self.restarts["crash"] += 1
 
     def _fill(self) -> None:
         now = time.monotonic()
@@ -100,10 +122,11 @@ class Arbiter:
             self._spawn()
 
     def _shutdown(self) -> int:
-        # Close our copy of the listening socket first: while the master holds it, the kernel keeps
+        # Close our copies of the listening sockets first: while the master holds one, the kernel keeps
         # completing connections into its backlog that no worker will ever accept, and those clients
         # wait out the whole shutdown to be reset instead of being refused at once.
-        self.listener.close()
+        for listener in self.listeners:
+            listener.close()
         for pid in self.children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)

@@ -3,27 +3,29 @@
 from __future__ import annotations
 
 import signal
-import socket
 from collections.abc import Callable
 from typing import Any
 
 from ..accesslog import AccessLog
 from ..config import Settings
+from ..metrics import Metrics
 from ..wsgi import WSGIRunner
 from ..wsgi.environ import EnvironBuilder
 from ..wsgi.proxy import TrustedProxies
+from .listener import Listener
 from .reactor import Reactor, make_signal_handler
 
 
-def serve(listener: socket.socket, app: Callable[..., Any], settings: Settings, *, multiprocess: bool,
-          on_ready: Callable[[], None] | None = None) -> int:
+def serve(listeners: list[Listener], app: Callable[..., Any], settings: Settings, *, multiprocess: bool,
+          on_ready: Callable[[], None] | None = None, metrics: Metrics | None = None) -> int:
     """Serve until SIGTERM/SIGINT, then shut down gracefully; returns the exit status."""
     access_log = AccessLog() if settings.access_log else None
-    host, port = listener.getsockname()[:2]
+    host, port = _server_name(listeners)
     environ = EnvironBuilder(server_name=host, server_port=port,
                              proxies=TrustedProxies(settings.forwarded_allow_ips), multiprocess=multiprocess)
     runner = WSGIRunner(app, environ, server_header=settings.server_header, access_log=access_log)
-    reactor = Reactor(listener, runner, settings, access_log, exclusive_accept=multiprocess)
+    reactor = Reactor(listeners, runner, settings, access_log, exclusive_accept=multiprocess,
+                      metrics=metrics.recorders() if metrics is not None else None)
     handler = make_signal_handler(reactor)
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
@@ -36,3 +38,13 @@ def serve(listener: socket.socket, app: Callable[..., Any], settings: Settings, 
         if access_log is not None:
             access_log.close()
     return 0
+
+
+def _server_name(listeners: list[Listener]) -> tuple[str, int]:
+    """SERVER_NAME/SERVER_PORT (PEP 3333 requires both): the first TCP listener's; a Unix-only server has
+    no host or port of its own, so it says localhost:80 (the Host header, which apps prefer, still wins)."""
+    for listener in listeners:
+        if listener.kind == "tcp":
+            host, port = listener.sock.getsockname()[:2]
+            return host, port
+    return "localhost", 80
