@@ -201,7 +201,9 @@ def metrics_run(servers: Servers, meter: Meter, args: argparse.Namespace, report
             samples[state].append(data)
             print(f"  metrics {state:<4} {brief(data)}")
     Proc.stop_all()
-    return {"flag": f"{flag} {value}", **{state: summarize(values) for state, values in samples.items()}}
+    folded = {state: {**summarize(values), "answers": targets[state].answers if targets[state].up else "—"}
+              for state, values in samples.items()}
+    return {"flag": f"{flag} {value}", **folded}
 
 
 def idle_run(servers: Servers, meter: Meter, args: argparse.Namespace) -> dict[str, Any]:

@@ -232,7 +232,8 @@ def metrics_section(metrics: dict[str, Any], skipped: str | None) -> list[str]:
         return ["## Metrics on and off (calc-server)", "", f"Not run: {skipped}", ""]
     if not metrics:
         return []
-    rows = [(f"calc-server, metrics {state}", data, "") for state, data in metrics.items() if state != "flag"]
+    rows = [(f"calc-server, metrics {state}", data, data.get("answers", "")) for state, data in metrics.items()
+            if state != "flag"]
     return ["## Metrics on and off (calc-server, GET /add/2/3)", "",
             f"On: started with `{metrics.get('flag', '')}`; the endpoint is not scraped during the run.", "",
             *direct_table(rows, metrics.get("off")), ""]
