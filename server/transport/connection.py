@@ -22,6 +22,7 @@ class Connection:
     __slots__ = ("answered", "closed", "dirty", "drain_deadline", "drained", "draining", "fd", "hangup",
                  "head_started", "idle_since", "last_io", "lock", "out", "parser", "peer", "send_timeout", "served",
                  "set_aside", "sock", "status")
+    is_tls = False  # a class attribute, overridden by tls.TLSConnection: plain sockets may use os.sendfile
 
     def __init__(self, sock: socket.socket, peer: tuple[str, int], parser: RequestParser, now: float,
                  send_timeout: float) -> None:
