@@ -95,6 +95,8 @@ class Reactor:
         # and connections set aside after max_pipeline requests so one client cannot hog a thread.
         self.backlog: collections.deque[tuple[int, int] | Connection] = collections.deque()
         self.stopping = False
+        self.served = 0  # requests answered by this process (approximate: threads add without a lock)
+        self.on_tick: Callable[[float], None] | None = None  # the main loop calls it each time round
         self._done = False
         self._stop_deadline = 0.0
         self._lock = threading.Lock()  # guards leadership changes
@@ -155,6 +157,8 @@ class Reactor:
                 with contextlib.suppress(OSError):
                     os.read(self._main_r, 4096)
             now = monotonic()
+            if self.on_tick is not None:
+                self.on_tick(now)  # a pre-fork worker's heartbeat to its master (worker.py)
             self._watch_leader(now)
             if self.stopping and not stop_seen:
                 stop_seen = True
@@ -316,8 +320,7 @@ class Reactor:
         workers = self._workers
         while self._leader is me and not self._done:
             if self.stopping and self.listener is not None:
-                self._accept()
-                self._retire_listener()
+                self._retire_listener(accept_queued=True)
             if not backlog:
                 for worker in workers:
                     if worker.held:
@@ -464,12 +467,21 @@ class Reactor:
             self.conns[conn.fd] = conn
             self.poller.add(conn.fd)
 
-    def _retire_listener(self) -> None:
+    def _retire_listener(self, accept_queued: bool = False) -> None:
+        """Stop accepting: leave the poller, accept what the kernel had queued meanwhile, then close.
+
+        In that order because other worker processes may share the socket: once it is out of
+        our poller the kernel wakes them for new connections, and the accept after that takes
+        any connection whose wake-up came to us, which nobody else would pick up.
+        """
         with self._lock:  # the leader and, past the deadline, the main thread may both get here
+            if self.listener is None:
+                return
+            self.poller.remove(self._listen_fd)
+            if accept_queued:
+                self._accept()
             listener, self.listener = self.listener, None
-            if listener is not None:
-                self.poller.remove(self._listen_fd)
-                listener.close()
+            listener.close()
 
     def _refuse(self, sock: socket.socket) -> None:
         """Over the connection limit: a fast 503 instead of unbounded memory and descriptors."""
@@ -545,10 +557,11 @@ class Reactor:
                     conn.flush()  # earlier pipelined answers go out before this request runs, however long
                 me.busy_since = now
                 try:
-                    keep = runner.run(request, conn.peer, conn, request.keep_alive and not self.stopping)
+                    keep = runner.run(request, conn.peer, conn, request.keep_alive)
                 finally:
                     me.busy_since = 0.0
                 conn.served += 1
+                self.served += 1
                 now = monotonic()
                 conn.idle_since = conn.last_io = now
                 conn.head_started = None

@@ -19,8 +19,6 @@ from ..protocol.response import Fields, check_fields, frame
 from ..protocol.writer import LAST_CHUNK, chunk, error_response, http_date
 from .environ import EnvironBuilder
 
-Send = Callable[[bytes], None]
-
 
 class Sink(Protocol):
     """Where answers go: the transport's side of a connection."""
@@ -30,6 +28,13 @@ class Sink(Protocol):
 
     def send_response(self, data: bytes) -> None:
         """A whole answer; the transport may hold it briefly to write it together with others."""
+
+    def more_requests_sent(self) -> bool:
+        """Asked only while the server is closing: has the client already sent another request?
+
+        If so, this answer keeps the connection open so that request is answered too;
+        closing would make the client find out and retry it, which only idempotent ones may.
+        """
 
 
 class DateCache:
@@ -56,12 +61,13 @@ class ResponseAborted(Exception):
 class _Exchange:
     """The state of one request/response pair as the application drives it."""
 
-    __slots__ = ("bytes_sent", "fields", "keep_alive", "plan", "request", "runner", "send", "status")
+    __slots__ = ("bytes_sent", "fields", "keep_alive", "plan", "request", "runner", "send", "sink", "status")
 
-    def __init__(self, runner: WSGIRunner, request: Request, send: Send, keep_alive: bool) -> None:
+    def __init__(self, runner: WSGIRunner, request: Request, sink: Sink, keep_alive: bool) -> None:
         self.runner = runner
         self.request = request
-        self.send = send
+        self.sink = sink
+        self.send = sink.send_all
         self.keep_alive = keep_alive
         self.status: str | None = None
         self.fields: Fields | None = None
@@ -87,8 +93,9 @@ class _Exchange:
             raise AssertionError("the application returned without calling start_response")
         runner = self.runner
         http11, method = self.request.http11, self.request.method
-        self.plan = frame(fields, http11, method == "HEAD", self.keep_alive and not runner.closing, length_hint,
-                          runner.dates.now(), runner.server_header)
+        keep = self.keep_alive and (not runner.closing or self.sink.more_requests_sent())
+        self.plan = frame(fields, http11, method == "HEAD", keep, length_hint, runner.dates.now(),
+                          runner.server_header)
         return self.plan
 
     def write(self, data: bytes) -> None:
@@ -139,7 +146,8 @@ class WSGIRunner:
         self.server_header = server_header
         self.access_log = access_log
         self.dates = DateCache()
-        self.closing = False  # set at shutdown: responses from then on carry Connection: close
+        # Set at shutdown: from then on each connection's last answer carries Connection: close.
+        self.closing = False
 
     def run(self, request: Request, peer: tuple[str, int], sink: Sink, keep_alive: bool) -> bool:
         """Answer one request; True when the connection may carry another.
@@ -148,7 +156,7 @@ class WSGIRunner:
         """
         log = self.access_log
         started = time.perf_counter() if log is not None else 0.0
-        exchange = _Exchange(self, request, sink.send_all, keep_alive)
+        exchange = _Exchange(self, request, sink, keep_alive)
         env = self.environ.build(request, peer)
         try:
             result = self.app(env, exchange.start_response)
