@@ -2,32 +2,46 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
+import sys
 from collections.abc import Callable
 from typing import Any
 
 from ..accesslog import AccessLog
 from ..config import Settings
+from ..logfiles import LogFiles
 from ..wsgi import WSGIRunner
 from ..wsgi.environ import EnvironBuilder
 from ..wsgi.proxy import TrustedProxies
 from .reactor import Reactor, make_signal_handler
+from .worker import READY, WorkerSlot
 
 
 def serve(listener: socket.socket, app: Callable[..., Any], settings: Settings, *, multiprocess: bool,
-          on_ready: Callable[[], None] | None = None) -> int:
-    """Serve until SIGTERM/SIGINT, then shut down gracefully; returns the exit status."""
-    access_log = AccessLog() if settings.access_log else None
+          on_ready: Callable[[], None] | None = None, log_files: LogFiles | None = None,
+          slot: WorkerSlot | None = None) -> int:
+    """Serve until SIGTERM/SIGINT, then shut down gracefully; returns the exit status.
+
+    ``slot`` is given in a worker of a pre-fork master (arbiter.py): the event loop
+    beats in it, and says when it is ready and when it served its --max-requests.
+    """
+    log_files = log_files or LogFiles()
+    if slot is not None:
+        log_files.reopen()  # in case SIGUSR1 came while this worker was starting
+    access_log = AccessLog(log_files.access_fd) if settings.access_log else None
     host, port = listener.getsockname()[:2]
     environ = EnvironBuilder(server_name=host, server_port=port,
                              proxies=TrustedProxies(settings.forwarded_allow_ips), multiprocess=multiprocess)
     runner = WSGIRunner(app, environ, server_header=settings.server_header, access_log=access_log)
     reactor = Reactor(listener, runner, settings, access_log, exclusive_accept=multiprocess)
-    handler = make_signal_handler(reactor)
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    _handle_signals(reactor, access_log, log_files, supervised=slot is not None)
+    if slot is not None:
+        reactor.on_tick = slot.ticker(lambda: reactor.served)
     reactor.start()
+    if slot is not None:
+        slot.set_state(READY)
     if on_ready is not None:
         on_ready()
     try:
@@ -36,3 +50,33 @@ def serve(listener: socket.socket, app: Callable[..., Any], settings: Settings, 
         if access_log is not None:
             access_log.close()
     return 0
+
+
+def _handle_signals(reactor: Reactor, access_log: AccessLog | None, log_files: LogFiles, *,
+                    supervised: bool) -> None:
+    """TERM/INT: graceful shutdown. QUIT: exit now. USR1: reopen log files. HUP, TTIN, TTOU: the master's.
+
+    Without a master (one process, no --master) there are no workers to replace, so
+    HUP, TTIN and TTOU are answered with a log line saying how to get them, instead of
+    their default actions (HUP would terminate the server, TTIN/TTOU stop it).
+    """
+    stop = make_signal_handler(reactor)
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGQUIT, lambda signum, frame: _exit_now(access_log))
+    signal.signal(signal.SIGUSR1, lambda signum, frame: log_files.reopen())
+    for signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+        signal.signal(signum, signal.SIG_IGN if supervised else _without_master)
+
+
+def _without_master(signum: int, frame: object) -> None:
+    print(f"server: {signal.Signals(signum).name} ignored: this server runs without a master process; start it "
+          "with --master (or --workers 2+, --reload, --max-requests) to reload or resize it", file=sys.stderr,
+          flush=True)
+
+
+def _exit_now(access_log: AccessLog | None) -> None:
+    """SIGQUIT: fast shutdown. Connections are cut; only the access-log lines already made are kept."""
+    if access_log is not None:
+        access_log.flush()
+    os._exit(0)
