@@ -29,7 +29,7 @@ class AccessLog:
         t = time.gmtime()
         stamp = f"{t.tm_mday:02d}/{_MONTHS[t.tm_mon]}/{t.tm_year}:{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} +0000"
         self._pending.append(
-            f'{client} - - [{stamp}] "{_clean(method)} {_clean(target)} {version}" {status} {size} '
+            f'{client or "-"} - - [{stamp}] "{_clean(method)} {_clean(target)} {version}" {status} {size} '
             f'"{_clean(referer or "-")}" "{_clean(agent or "-")}" {duration:.6f} rid={_clean(request_id or "-")}\n'
         )
 

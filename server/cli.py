@@ -1,4 +1,4 @@
-"""``python3 -m server``: settings in, a serving process (or a pre-fork master) out."""
+"""``calc-server`` / ``python3 -m server``: settings in, a serving process (or a pre-fork master) out."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import traceback
 from collections.abc import Sequence
 
 from . import config
+from .bindspec import parse_bind
 from .logfiles import LogFiles
+from .metrics import Metrics
 from .transport.arbiter import Arbiter
-from .transport.listener import bind, display_address, raise_open_file_limit
+from .transport.listener import ListenError, open_listeners, raise_open_file_limit
 from .transport.reloader import SourceWatcher
 from .transport.server import serve
 from .transport.worker import EXIT_BOOT_FAILED, WorkerSlot
@@ -34,32 +36,60 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     nofile = raise_open_file_limit()
     try:
-        listener = bind(settings.host, settings.port, settings.backlog)
-    except OSError as exc:
-        print(f"server: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}", file=sys.stderr)
+        listeners = open_listeners(tuple(parse_bind(text) for text in settings.bind), settings.host, settings.port,
+                                   settings.backlog, settings.umask)
+    except ListenError as exc:
+        print(f"server: {exc}", file=sys.stderr)
         return 1
-    ready = (f"calc-server: listening on {display_address(listener)} (pid {os.getpid()}, "
+    addresses = ", ".join(listener.display() for listener in listeners)
+    ready = (f"calc-server: listening on {addresses} (pid {os.getpid()}, "
              f"workers {settings.workers}, threads {settings.threads}, open files {nofile})")
+
+    metrics = None
+    if settings.metrics_bind:
+        metrics = Metrics(settings.workers, settings.threads, master=settings.supervised)
+        try:
+            endpoint = metrics.listen(*config.split_host_port(settings.metrics_bind))
+        except OSError as exc:
+            print(f"server: cannot listen for metrics on {settings.metrics_bind}: {exc.strerror or exc}",
+                  file=sys.stderr)
+            return 1
+        print(f"calc-server: metrics on {endpoint.address}", flush=True)
 
     def announce() -> None:
         print(ready, flush=True)
 
-    if app is not None:
-        return serve(listener, app, settings, multiprocess=False, on_ready=announce, log_files=log_files)
+    try:
+        if app is not None:
+            if metrics is not None:
+                metrics.single_process()
+                endpoint.start()
+            return serve(listeners, app, settings, multiprocess=False, on_ready=announce, metrics=metrics,
+                         log_files=log_files)
 
-    def boot(slot: WorkerSlot) -> int:
-        """In a new worker: import the application afresh, then serve."""
-        try:
-            worker_app = load_app(settings.app)
-        except Exception as exc:  # a syntax error in reloaded code too: the master keeps the old workers
-            detail = "".join(traceback.format_exception_only(exc)).strip()
-            print(f"server: worker {os.getpid()} cannot load the application: {detail}", file=sys.stderr,
-                  flush=True)
-            return EXIT_BOOT_FAILED
-        return serve(listener, worker_app, settings, multiprocess=True, log_files=log_files, slot=slot)
+        def boot(slot: WorkerSlot) -> int:
+            """In a new worker: import the application afresh, then serve."""
+            if metrics is not None:
+                metrics.worker_started()
+            try:
+                worker_app = load_app(settings.app)
+            except Exception as exc:  # a syntax error in reloaded code too: the master keeps the old workers
+                detail = "".join(traceback.format_exception_only(exc)).strip()
+                print(f"server: worker {os.getpid()} cannot load the application: {detail}", file=sys.stderr,
+                      flush=True)
+                return EXIT_BOOT_FAILED
+            return serve(listeners, worker_app, settings, multiprocess=True, metrics=metrics, log_files=log_files,
+                         slot=slot)
 
-    watcher = None
-    if settings.reload:
-        sys.dont_write_bytecode = True  # a .pyc is trusted by mtime in whole seconds: a quick edit could hide
-        watcher = SourceWatcher(settings.app)
-    return Arbiter([listener], settings, boot, log_files, watcher).run(on_ready=announce)
+        watcher = None
+        if settings.reload:
+            sys.dont_write_bytecode = True  # a .pyc is trusted by mtime in whole seconds: a quick edit could hide
+            watcher = SourceWatcher(settings.app)
+        arbiter = Arbiter(listeners, settings, boot, log_files, watcher, hooks=metrics)
+        if metrics is not None:
+            metrics.restarts = lambda: arbiter.restarts
+            endpoint.start()
+        return arbiter.run(on_ready=announce)
+    finally:
+        for listener in listeners:  # a worker never gets here (it leaves with os._exit): the files are ours
+            listener.remove_file()

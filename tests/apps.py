@@ -20,6 +20,9 @@ def echo(environ, start_response):
         "query": environ["QUERY_STRING"],
         "protocol": environ["SERVER_PROTOCOL"],
         "remote_addr": environ["REMOTE_ADDR"],
+        "remote_port": environ.get("REMOTE_PORT"),
+        "server_name": environ["SERVER_NAME"],
+        "server_port": environ["SERVER_PORT"],
         "scheme": environ["wsgi.url_scheme"],
         "content_length": environ.get("CONTENT_LENGTH"),
         "content_type": environ.get("CONTENT_TYPE"),
@@ -29,6 +32,14 @@ def echo(environ, start_response):
         "pid": os.getpid(),
     }
     data = json.dumps(info).encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+    return [data]
+
+
+def listen_env(environ, start_response):
+    """The socket-activation variables as the serving process sees them (they must be gone once used)."""
+    names = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
+    data = json.dumps({name: os.environ.get(name) for name in names} | {"pid": os.getpid()}).encode()
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
     return [data]
 

@@ -27,6 +27,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 READY = re.compile(r"listening on http://(?P<host>\[[^\]]+\]|[^\s:]+):(?P<port>\d+)")
+LISTENING = re.compile(r"listening on (?P<addresses>.+?) \(pid (?P<pid>\d+)")  # every listener, any kind
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
@@ -49,6 +50,7 @@ class ServerProcess:
     host: str
     port: int
     lines: list[str] = field(default_factory=list)
+    listening: list[str] = field(default_factory=list)  # the ready line's addresses: http://..., unix:/...
     _reader: threading.Thread | None = None
 
     @property
@@ -99,17 +101,23 @@ class ServerProcess:
 
 
 def start_server(*args: str, env: dict[str, str] | None = None, timeout: float = 15.0,
-                 cwd: Path | None = None) -> ServerProcess:
-    """Start ``python3 -m server --port 0 ARGS`` and wait for its ready line."""
+                 cwd: Path | None = None, command: list[str] | None = None,
+                 pass_fds: tuple[int, ...] = ()) -> ServerProcess:
+    """Start ``python3 -m server --port 0 ARGS`` and wait for its ready line.
+
+    ``command`` replaces ``python3 -m server`` (an installed ``calc-server``, a wrapper that sets up
+    socket activation); ``pass_fds`` are inherited by the server. With only non-TCP listeners (--bind
+    unix:...) host and port stay empty; ``listening`` has every address either way.
+    """
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("CALC_")}
     full_env["PYTHONUNBUFFERED"] = "1"
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), str(ROOT / "tests"),
                                                            full_env.get("PYTHONPATH", "")]))
     if env:
         full_env.update(env)
-    cmd = [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", "0", *args]
+    cmd = [*(command or [sys.executable, "-m", "server"]), "--host", "127.0.0.1", "--port", "0", *args]
     proc = subprocess.Popen(cmd, cwd=cwd or ROOT, env=full_env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+                            stderr=subprocess.STDOUT, text=True, bufsize=1, pass_fds=pass_fds)
     server = ServerProcess(proc=proc, host="", port=0)
 
     def pump() -> None:
@@ -120,12 +128,15 @@ def start_server(*args: str, env: dict[str, str] | None = None, timeout: float =
     server._reader = threading.Thread(target=pump, daemon=True)
     server._reader.start()
     try:
-        match = server.wait_for_line(READY.pattern, timeout=timeout)
+        ready = server.wait_for_line(LISTENING.pattern, timeout=timeout)
     except AssertionError:
         server.stop(timeout=5)
         raise
-    server.host = match.group("host").strip("[]")
-    server.port = int(match.group("port"))
+    server.listening = [address.split(" (")[0] for address in ready.group("addresses").split(", ")]
+    match = READY.search(ready.string)
+    if match:
+        server.host = match.group("host").strip("[]")
+        server.port = int(match.group("port"))
     return server
 
 
@@ -169,6 +180,10 @@ class RawClient:
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
+
+    def half_close(self) -> None:
+        """Close our sending side (the server reads EOF) and keep reading its answers."""
+        self.sock.shutdown(socket.SHUT_WR)
 
     def _fill(self) -> bool:
         chunk = self.sock.recv(65536)

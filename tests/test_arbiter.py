@@ -256,7 +256,7 @@ def test_single_process_ignores_sighup_and_says_how_to_reload(app_dir, server_fa
 
 
 def test_master_with_one_worker_reloads_on_sighup(app_dir, versioned):
-    server, old = versioned("--master", "true", workers=1)
+    server, old = versioned("--master", workers=1)
     with LoadPool(server.address, urllib3_clients=4, pipeliners=1) as pool:
         pool.wait_for(300)
         write_app(app_dir, "v2")
@@ -377,7 +377,7 @@ def test_stuck_worker_is_killed_after_worker_timeout_and_replaced(versioned):
 
 
 def test_slow_request_does_not_trip_the_worker_timeout(versioned, raw_factory):
-    server, workers = versioned("--workers", "1", "--master", "true", "--worker-timeout", "1", workers=1)
+    server, workers = versioned("--workers", "1", "--master", "--worker-timeout", "1", workers=1)
     client = raw_factory(server.address, timeout=10)
     started = time.monotonic()
     status, _, body = client.request(b"GET /slow?sleep=3 HTTP/1.1\r\nHost: t\r\n\r\n", timeout=10)
@@ -388,7 +388,7 @@ def test_slow_request_does_not_trip_the_worker_timeout(versioned, raw_factory):
 
 
 def test_reload_watches_the_source_and_survives_a_syntax_error(app_dir, versioned):
-    server, first = versioned("--workers", "2", "--reload", "true")
+    server, first = versioned("--workers", "2", "--reload")
     master = server.proc.pid
     with LoadPool(server.address, urllib3_clients=4, pipeliners=1) as pool:
         pool.wait_for(300)
@@ -458,3 +458,46 @@ def test_workers_that_cannot_load_the_app_stop_the_master_with_a_clear_error(ser
     assert "cannot load the application: ModuleNotFoundError" in result.stderr
     assert "the workers could not load the application; exiting" in result.stderr
     assert "listening on" not in result.stdout
+
+
+def test_stopping_worker_answers_what_was_pipelined_and_closes_after_the_last(server_factory, raw_factory):
+    """Four requests in one write, the first one slow; SIGTERM while it runs: all four answered, then close."""
+    server = server_factory("--app", "apps:paced", "--no-access-log")
+    client = raw_factory(server.address, timeout=10)
+    client.send(b"".join(f"GET /{i}{'?sleep=1' if i == 0 else ''} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+                         for i in range(4)))
+    time.sleep(0.3)  # the first request is now inside the application
+    server.signal(signal.SIGTERM)
+    answers = [client.read_response(timeout=10) for _ in range(4)]
+    assert [body for _, _, body in answers] == [b"/0", b"/1", b"/2", b"/3"]
+    assert [headers.get("connection") for _, headers, _ in answers] == [None, None, None, "close"]
+    assert client.is_closed()
+    assert server.proc.wait(timeout=10) == 0
+
+
+def test_idle_pooled_connections_of_a_reloaded_worker(app_dir, versioned, raw_factory):
+    """Idle keep-alive connections on an old worker are closed between requests, about 1 s after their last.
+
+    urllib3 (and so requests) checks a pooled connection before reusing it and reconnects: no request
+    fails, even with retries off. A client that writes on a connection without that check (http.client,
+    a raw socket) gets no answer and must decide itself whether the request may be repeated.
+    """
+    server, old = versioned("--workers", "2")
+    pools = [urllib3.HTTPConnectionPool(*server.address, maxsize=1, retries=False) for _ in range(6)]
+    for i, pool in enumerate(pools):
+        assert pool.request("GET", f"/idle/{i}").status == 200
+    naive = raw_factory(server.address)
+    assert naive.request(b"GET /naive HTTP/1.1\r\nHost: t\r\n\r\n")[0] == 200
+    signalled = time.monotonic()
+    server.signal(signal.SIGHUP)
+    new = wait_until(lambda: (c := _children(server.proc.pid, 2)) and not c & old and c, timeout=15,
+                     what="old workers gone")
+    took = time.monotonic() - signalled
+    results = [pool.request("POST", f"/again/{i}", body=b"once").data.split() for i, pool in enumerate(pools)]
+    assert [r[2:] for r in results] == [[f"/again/{i}".encode(), b"4"] for i in range(len(pools))]
+    assert {int(r[1]) for r in results} <= new  # each pool noticed the close and reconnected
+    naive.send(b"GET /naive-again HTTP/1.1\r\nHost: t\r\n\r\n")
+    with pytest.raises(ConnectionError):
+        naive.read_response(timeout=5)
+    print(f"idle connections: the old workers closed them and exited {took:.2f} s after SIGHUP")
+    assert 0.9 <= took < 5

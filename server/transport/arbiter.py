@@ -38,15 +38,16 @@ import os
 import random
 import select
 import signal
-import socket
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from ..config import Settings
 from ..logfiles import LogFiles
+from .listener import Listener
 from .reloader import POLL_EVERY, SourceWatcher
 from .worker import BOOTING, EXIT_BOOT_FAILED, RECYCLE, WorkerSlot
 
@@ -63,6 +64,16 @@ def _log(message: str) -> None:
     print(f"server: {message}", file=sys.stderr, flush=True)
 
 
+class WorkerHooks(Protocol):
+    """Told about every worker's life (the metrics' slot bookkeeping uses it)."""
+
+    def before_fork(self) -> None: ...
+
+    def spawned(self, pid: int) -> None: ...
+
+    def exited(self, pid: int) -> None: ...
+
+
 @dataclass(eq=False)
 class _Child:
     pid: int
@@ -77,9 +88,11 @@ class _Child:
 
 
 class Arbiter:
-    def __init__(self, listeners: Sequence[socket.socket], settings: Settings, boot: Callable[[WorkerSlot], int],
-                 log_files: LogFiles | None = None, watcher: SourceWatcher | None = None) -> None:
+    def __init__(self, listeners: Sequence[Listener], settings: Settings, boot: Callable[[WorkerSlot], int],
+                 log_files: LogFiles | None = None, watcher: SourceWatcher | None = None,
+                 hooks: WorkerHooks | None = None) -> None:
         self.listeners = list(listeners)
+        self.hooks = hooks
         self.settings = settings
         self.size = settings.workers
         self.boot = boot  # runs in the new worker: import the application, serve; returns the exit status
@@ -216,11 +229,15 @@ class Arbiter:
         if self.settings.max_requests:
             limit = self.settings.max_requests + random.randint(0, self.settings.max_requests_jitter)
         slot = WorkerSlot(now, limit)
+        if self.hooks is not None:
+            self.hooks.before_fork()
         pid = os.fork()
         if pid == 0:
             self._become_worker(slot)
         child = _Child(pid, slot, self.generation, now)
         self.children[pid] = child
+        if self.hooks is not None:
+            self.hooks.spawned(pid)
         return child
 
     def _become_worker(self, slot: WorkerSlot) -> None:
@@ -284,10 +301,9 @@ class Arbiter:
                 return
             if pid == 0:
                 return
-            child = self.children.pop(pid, None)
+            child = self._forget(pid)
             if child is None:
                 continue
-            child.slot.close()
             code = os.waitstatus_to_exitcode(status)
             how = f"signal {-code}" if code < 0 else f"exit status {code}"
             reason = child.reason
@@ -357,6 +373,12 @@ class Arbiter:
                 return
             if pid == 0:
                 return
-            child = self.children.pop(pid, None)
-            if child is not None:
-                child.slot.close()
+            self._forget(pid)
+
+    def _forget(self, pid: int) -> _Child | None:
+        if self.hooks is not None:
+            self.hooks.exited(pid)
+        child = self.children.pop(pid, None)
+        if child is not None:
+            child.slot.close()
+        return child

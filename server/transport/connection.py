@@ -20,9 +20,9 @@ class SendTimeout(OSError):
 class Connection:
     """Whoever works on a connection holds its lock: the thread serving it, or the timeout sweep."""
 
-    __slots__ = ("closed", "closing_budget", "dirty", "drain_deadline", "drained", "draining", "fd", "hangup",
-                 "head_started", "idle_since", "last_io", "lock", "out", "parser", "peer", "send_timeout", "served",
-                 "set_aside", "sock")
+    __slots__ = ("answered", "closed", "closing_budget", "dirty", "drain_deadline", "drained", "draining", "fd",
+                 "hangup", "head_started", "idle_since", "last_io", "lock", "out", "parser", "peer", "send_timeout",
+                 "served", "set_aside", "sock", "status")
 
     def __init__(self, sock: socket.socket, peer: tuple[str, int], parser: RequestParser, now: float,
                  send_timeout: float) -> None:
@@ -45,6 +45,8 @@ class Connection:
         self.drain_deadline = 0.0
         self.drained = 0
         self.out = b""  # whole answers held back by send_response; every other write sends these first
+        self.status = 0  # the last answer's status code and size, set by the WSGI runner (for metrics)
+        self.answered = 0
 
     def send_response(self, data: bytes) -> None:
         """A whole answer: hold it (up to HOLD_LIMIT) so the reactor writes it with the others of its batch.
@@ -117,8 +119,14 @@ class Connection:
 
         The budget bounds it, so a client that keeps its pipeline full cannot hold a stopping server open.
         """
-        if self.closing_budget <= 0 or not (self.parser.buffered or self.has_unread_input()):
+        if self.closing_budget <= 0:
             return False
+        if not self.parser.buffered:
+            try:
+                if not self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+                    return False  # the client's EOF: nothing more is coming
+            except OSError:
+                return False  # nothing waiting (or the connection is gone)
         self.closing_budget -= 1
         return True
 

@@ -25,7 +25,10 @@ and the leader writes the batch back to back once it has served what its poll
 returned, after ``HOLD_MAX`` answers or ``HOLD_FOR`` seconds, whichever comes
 first; the client then wakes once per batch. A thread stuck in a slow call
 holds no one up: the monitor writes what it held once the call counts as a
-stall. Under light load the batch is one answer and nothing waits.
+stall. Under light load the batch is one answer and nothing waits. A client's EOF
+ends its requests, not its wish for the answers (RFC 9112 9.6): what a
+connection holds is written before it closes, so held answers cost nothing to a
+client that half-closes; this is checked only on the EOF path, never per answer.
 """
 
 from __future__ import annotations
@@ -39,15 +42,17 @@ import socket
 import sys
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from time import monotonic
 
 from ..accesslog import AccessLog
 from ..config import Settings
+from ..metrics import Recorder
 from ..protocol import Phase, ProtocolError, RequestParser
 from ..protocol.writer import CONTINUE, error_response
 from ..wsgi import WSGIRunner
 from .connection import Connection
+from .listener import UNIX_PEER, Listener
 from .poller import Poller
 
 STALL = 0.002  # seconds inside one request before another thread takes over the poller
@@ -66,9 +71,10 @@ _ACCEPT_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 class _Worker:
     """A thread's seat: the gate it waits at while a follower, when its current call began, what it holds."""
 
-    __slots__ = ("busy_since", "gate", "held", "held_since", "thread")
+    __slots__ = ("busy_since", "gate", "held", "held_since", "stats", "thread")
 
-    def __init__(self) -> None:
+    def __init__(self, stats: Recorder | None) -> None:
+        self.stats = stats  # this thread's metrics row, None when metrics are off
         self.gate = threading.Lock()
         self.gate.acquire()
         self.busy_since = 0.0  # non-zero while inside a request; read by the monitor
@@ -80,9 +86,11 @@ class _Worker:
 
 
 class Reactor:
-    def __init__(self, listener: socket.socket, runner: WSGIRunner, settings: Settings,
-                 access_log: AccessLog | None, exclusive_accept: bool = False) -> None:
-        self.listener: socket.socket | None = listener
+    def __init__(self, listeners: list[Listener], runner: WSGIRunner, settings: Settings,
+                 access_log: AccessLog | None, exclusive_accept: bool = False,
+                 metrics: Sequence[Recorder] | None = None) -> None:
+        # fd -> listener; emptied when the listeners are retired at shutdown
+        self.listeners: dict[int, Listener] = {listener.fd: listener for listener in listeners}
         self.runner = runner
         self.settings = settings
         self.access_log = access_log
@@ -100,7 +108,9 @@ class Reactor:
         self._done = False
         self._stop_deadline = 0.0
         self._lock = threading.Lock()  # guards leadership changes
-        self._workers = [_Worker() for _ in range(settings.threads)]
+        # Metrics rows: one per worker thread, the last for the main thread (timeouts and gauges).
+        self._workers = [_Worker(metrics[i] if metrics else None) for i in range(settings.threads)]
+        self._stats = metrics[-1] if metrics else None
         self._idle: list[_Worker] = []
         self._leader: _Worker | None = None
         self._accept_paused_until = 0.0
@@ -108,9 +118,9 @@ class Reactor:
         self._main_r, self._main_w = os.pipe()  # wakes the main thread (signals)
         for fd in (self._wake_r, self._wake_w, self._main_r, self._main_w):
             os.set_blocking(fd, False)
-        self._listen_fd = listener.fileno()
         self._exclusive = exclusive_accept  # pre-fork: wake one process per connection, not all
-        self.poller.watch(self._listen_fd, exclusive=exclusive_accept)
+        for fd in self.listeners:
+            self.poller.watch(fd, exclusive=exclusive_accept)
         self.poller.watch(self._wake_r)
         self._overload = error_response(503, "server is at its connection limit; retry shortly",
                                         date=runner.dates.now(), extra="Retry-After: 1")
@@ -208,10 +218,13 @@ class Reactor:
         worker.gate.release()
 
     def _sweep(self, now: float) -> None:
-        if self._accept_paused_until and now >= self._accept_paused_until and self.listener is not None:
+        if self._accept_paused_until and now >= self._accept_paused_until and self.listeners:
             self._accept_paused_until = 0.0
-            self.poller.watch(self._listen_fd, exclusive=self._exclusive)
+            for fd in self.listeners:
+                self.poller.watch(fd, exclusive=self._exclusive)
         settings = self.settings
+        stats = self._stats
+        idle = 0
         for conn in list(self.conns.values()):
             if not conn.lock.acquire(blocking=False):
                 continue  # a worker is serving it
@@ -227,6 +240,8 @@ class Reactor:
                     limit = settings.keepalive_timeout if conn.served else settings.header_timeout
                     if now - conn.idle_since > limit:
                         self._close(conn)
+                    else:
+                        idle += 1
                 elif phase is Phase.HEAD:
                     started = conn.head_started or conn.idle_since
                     if now - started > settings.header_timeout:
@@ -237,16 +252,18 @@ class Reactor:
                         408, f"request body stalled for more than {settings.body_timeout:g} s"), now)
             finally:
                 conn.lock.release()
+        if stats is not None:
+            stats.gauges(len(self.conns), idle, sum(1 for worker in self._workers if worker.busy_since))
 
     def _shutdown_step(self, now: float) -> bool:
         """Stop accepting, close idle connections, let in-flight ones finish; True when done."""
-        if self.listener is not None:
-            # The leader retires the listener, after accepting what the kernel already completed:
+        if self.listeners:
+            # The leader retires the listeners, after accepting what the kernel already completed:
             # closing it from here would reset those connections unanswered.
             self._wake_leader()
             pending = True
             if now >= self._stop_deadline:
-                self._retire_listener()  # no leader came free within the grace period
+                self._retire_listeners()  # no leader came free within the grace period
         else:
             pending = False
         for conn in list(self.conns.values()):
@@ -319,8 +336,8 @@ class Reactor:
         take = self._take
         workers = self._workers
         while self._leader is me and not self._done:
-            if self.stopping and self.listener is not None:
-                self._retire_listener(accept_queued=True)
+            if self.stopping and self.listeners:
+                self._retire_listeners(accepting=me)
             if not backlog:
                 for worker in workers:
                     if worker.held:
@@ -340,7 +357,7 @@ class Reactor:
                 fd, events = item
                 conn = conns.get(fd)
                 if conn is None:
-                    self._dispatch_other(fd)
+                    self._dispatch_other(fd, me)
                     continue
                 if events & _HANGUP:
                     conn.hangup = True  # data and FIN can come as one event: read until the EOF shows
@@ -353,9 +370,9 @@ class Reactor:
             take(conn, me)  # if its owner is busy, the owner sees the flag and carries on
         self._flush(me)  # demoted or stopping: what this thread holds must not wait for it to lead again
 
-    def _dispatch_other(self, fd: int) -> None:
-        if fd == self._listen_fd:
-            self._accept()
+    def _dispatch_other(self, fd: int, me: _Worker) -> None:
+        if fd in self.listeners:
+            self._accept(fd, me.stats)
         elif fd == self._wake_r:
             with contextlib.suppress(OSError):
                 os.read(self._wake_r, 4096)
@@ -415,19 +432,23 @@ class Reactor:
 
     def _release(self, conn: Connection, me: _Worker) -> None:
         try:
-            if not conn.flush():
-                # The client is not reading fast enough; wait for it like any other write,
-                # with the monitor watching so the poller does not wait too.
-                me.busy_since = monotonic()
-                try:
-                    conn.send_all(b"")
-                finally:
-                    me.busy_since = 0.0
+            self._write_out(conn, me)
         except OSError:
             self._close(conn)
         conn.lock.release()
         if conn.dirty and not conn.closed:
             self._requeue(conn)
+
+    @staticmethod
+    def _write_out(conn: Connection, me: _Worker) -> None:
+        """Write what the connection holds; a client slow to read is waited for like any other write,
+        with the monitor watching so the poller does not wait too."""
+        if not conn.flush():
+            me.busy_since = monotonic()
+            try:
+                conn.send_all(b"")
+            finally:
+                me.busy_since = 0.0
 
     def _requeue(self, conn: Connection) -> None:
         """Data came while the connection was held: the leader reads it (not us, or flushes could nest)."""
@@ -438,50 +459,63 @@ class Reactor:
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"\0")
 
-    def _accept(self) -> None:
-        listener = self.listener
+    def _accept(self, fd: int, stats: Recorder | None) -> None:
+        listener = self.listeners.get(fd)
         if listener is None:
             return
+        accept = listener.sock.accept
+        tcp = listener.kind == "tcp"
         now = monotonic()
         for _ in range(64):
             try:
-                sock, peer = listener.accept()
+                sock, peer = accept()
             except BlockingIOError:
                 return
             except OSError as exc:
                 if exc.errno in _ACCEPT_ERRORS:
                     # Out of descriptors or memory: stop accepting briefly instead of spinning.
                     print(f"server: accept failed ({os.strerror(exc.errno)}); pausing accepts", file=sys.stderr)
-                    self.poller.remove(self._listen_fd)
+                    for listen_fd in self.listeners:
+                        self.poller.remove(listen_fd)
                     self._accept_paused_until = now + 0.5
                 return
             sock.setblocking(False)
             if len(self.conns) >= self.settings.max_connections:
                 self._refuse(sock)
+                if stats is not None:
+                    stats.refused(len(self._overload))
                 continue
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = Connection(sock, peer[:2], RequestParser(self.limits), now, self.settings.send_timeout)
+            if tcp:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                peer = peer[:2]
+            else:
+                peer = UNIX_PEER
+            conn = Connection(sock, peer, RequestParser(self.limits), now, self.settings.send_timeout)
             if not self.conns:
                 self._wake_main()  # from now on stalls need watching: switch to the short tick
             self.conns[conn.fd] = conn
             self.poller.add(conn.fd)
+            if stats is not None:
+                stats.accepted()
 
-    def _retire_listener(self, accept_queued: bool = False) -> None:
-        """Stop accepting: leave the poller, accept what the kernel had queued meanwhile, then close.
+    def _retire_listeners(self, accepting: _Worker | None = None) -> None:
+        """Stop accepting: leave the poller, accept what the kernel had queued meanwhile (leader only), close.
 
-        In that order because other worker processes may share the socket: once it is out of
-        our poller the kernel wakes them for new connections, and the accept after that takes
+        In that order because other worker processes may share the sockets: once they are out of
+        our poller the kernel wakes the others for new connections, and the accept after that takes
         any connection whose wake-up came to us, which nobody else would pick up.
         """
         with self._lock:  # the leader and, past the deadline, the main thread may both get here
-            if self.listener is None:
-                return
-            self.poller.remove(self._listen_fd)
-            if accept_queued:
-                self._accept()
-            listener, self.listener = self.listener, None
-            listener.close()
+            listeners = self.listeners
+            for fd in listeners:
+                self.poller.remove(fd)
+            if accepting is not None:
+                for fd in listeners:
+                    self._accept(fd, accepting.stats)
+            self.listeners = {}
+            for listener in listeners.values():
+                listener.close()
 
     def _refuse(self, sock: socket.socket) -> None:
         """Over the connection limit: a fast 503 instead of unbounded memory and descriptors."""
@@ -515,6 +549,8 @@ class Reactor:
         except OSError:
             self._close(conn)
             return False
+        if me.stats is not None:
+            me.stats.received(len(data))
         if conn.draining:
             conn.drained += len(data)
             if data and conn.drained < _DRAIN_LIMIT:
@@ -525,11 +561,14 @@ class Reactor:
         conn.last_io = now
         parser = conn.parser
         if not data:
+            # The client is done sending, not listening (RFC 9112 9.6): what it asked before the EOF
+            # is answered first, held answers included, then the 400 for a request the EOF cut off.
             try:
                 parser.feed_eof()
             except ProtocolError as exc:
-                self._reject(conn, exc, now)
+                self._reject(conn, exc, now, me)
                 return False
+            self._write_out(conn, me)
             self._close(conn)
             return False
         parser.feed(data)
@@ -544,12 +583,13 @@ class Reactor:
         """
         parser = conn.parser
         runner = self.runner
+        stats = me.stats
         try:
             for _ in range(self._max_pipeline):
                 try:
                     request = parser.next_request()
                 except ProtocolError as exc:
-                    self._reject(conn, exc, now)
+                    self._reject(conn, exc, now, me)
                     return False
                 if request is None:
                     break
@@ -562,7 +602,9 @@ class Reactor:
                     me.busy_since = 0.0
                 conn.served += 1
                 self.served += 1
-                now = monotonic()
+                started, now = now, monotonic()
+                if stats is not None:
+                    stats.request(request.method, conn.status, now - started, conn.answered)
                 conn.idle_since = conn.last_io = now
                 conn.head_started = None
                 if not keep:
@@ -593,10 +635,22 @@ class Reactor:
         self._rearm(conn)
         return False
 
-    def _reject(self, conn: Connection, error: ProtocolError, now: float) -> None:
-        """A request we cannot parse: say why (problem+json), then close, since framing is lost."""
-        conn.send_nowait(error_response(error.status, error.detail, date=self.runner.dates.now(),
-                                        server=self.settings.server_header))
+    def _reject(self, conn: Connection, error: ProtocolError, now: float, me: _Worker | None = None) -> None:
+        """A request we cannot parse: say why (problem+json), then close, since framing is lost.
+
+        A worker (``me``) writes it behind the answers the connection holds, waiting for a slow reader
+        as for any answer; the timeout sweep on the main thread must not wait, and holds none.
+        """
+        response = error_response(error.status, error.detail, date=self.runner.dates.now(),
+                                  server=self.settings.server_header)
+        if me is None:
+            conn.send_nowait(response)
+        else:
+            conn.out += response
+            self._write_out(conn, me)
+        stats = self._stats if me is None else me.stats
+        if stats is not None:
+            stats.protocol_error(error.status, len(response))
         if self.access_log is not None:
             self.access_log.log(conn.peer[0], "-", "-", "-", error.status, 0, 0.0, None, None, None)
         conn.start_draining(now)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -12,16 +11,18 @@ from typing import Any
 from ..accesslog import AccessLog
 from ..config import Settings
 from ..logfiles import LogFiles
+from ..metrics import Metrics
 from ..wsgi import WSGIRunner
 from ..wsgi.environ import EnvironBuilder
 from ..wsgi.proxy import TrustedProxies
+from .listener import Listener
 from .reactor import Reactor, make_signal_handler
 from .worker import READY, WorkerSlot
 
 
-def serve(listener: socket.socket, app: Callable[..., Any], settings: Settings, *, multiprocess: bool,
-          on_ready: Callable[[], None] | None = None, log_files: LogFiles | None = None,
-          slot: WorkerSlot | None = None) -> int:
+def serve(listeners: list[Listener], app: Callable[..., Any], settings: Settings, *, multiprocess: bool,
+          on_ready: Callable[[], None] | None = None, metrics: Metrics | None = None,
+          log_files: LogFiles | None = None, slot: WorkerSlot | None = None) -> int:
     """Serve until SIGTERM/SIGINT, then shut down gracefully; returns the exit status.
 
     ``slot`` is given in a worker of a pre-fork master (arbiter.py): the event loop
@@ -31,11 +32,12 @@ def serve(listener: socket.socket, app: Callable[..., Any], settings: Settings, 
     if slot is not None:
         log_files.reopen()  # in case SIGUSR1 came while this worker was starting
     access_log = AccessLog(log_files.access_fd) if settings.access_log else None
-    host, port = listener.getsockname()[:2]
+    host, port = _server_name(listeners)
     environ = EnvironBuilder(server_name=host, server_port=port,
                              proxies=TrustedProxies(settings.forwarded_allow_ips), multiprocess=multiprocess)
     runner = WSGIRunner(app, environ, server_header=settings.server_header, access_log=access_log)
-    reactor = Reactor(listener, runner, settings, access_log, exclusive_accept=multiprocess)
+    reactor = Reactor(listeners, runner, settings, access_log, exclusive_accept=multiprocess,
+                      metrics=metrics.recorders() if metrics is not None else None)
     _handle_signals(reactor, access_log, log_files, supervised=slot is not None)
     if slot is not None:
         reactor.on_tick = slot.ticker(lambda: reactor.served)
@@ -80,3 +82,13 @@ def _exit_now(access_log: AccessLog | None) -> None:
     if access_log is not None:
         access_log.flush()
     os._exit(0)
+
+
+def _server_name(listeners: list[Listener]) -> tuple[str, int]:
+    """SERVER_NAME/SERVER_PORT (PEP 3333 requires both): the first TCP listener's; a Unix-only server has
+    no host or port of its own, so it says localhost:80 (the Host header, which apps prefer, still wins)."""
+    for listener in listeners:
+        if listener.kind == "tcp":
+            host, port = listener.sock.getsockname()[:2]
+            return host, port
+    return "localhost", 80

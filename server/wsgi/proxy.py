@@ -16,7 +16,9 @@ class TrustedProxies:
         self.trusts = lru_cache(maxsize=1024)(self._trusts)
 
     def _trusts(self, address: str) -> bool:
-        if self.any:
+        if self.any or not address:
+            # "" is a Unix-socket peer (REMOTE_ADDR convention, see transport.listener.UNIX_PEER): only a
+            # local process allowed to open the socket file got here, the proxy in front, as gunicorn assumes.
             return True
         try:
             ip = ipaddress.ip_address(address.split("%", 1)[0])

@@ -19,6 +19,8 @@ from ..protocol.response import Fields, check_fields, frame
 from ..protocol.writer import LAST_CHUNK, chunk, error_response, http_date
 from .environ import EnvironBuilder
 
+Send = Callable[[bytes], None]
+
 
 class Sink(Protocol):
     """Where answers go: the transport's side of a connection."""
@@ -35,6 +37,11 @@ class Sink(Protocol):
         If so, this answer keeps the connection open so that request is answered too;
         closing would make the client find out and retry it, which only idempotent ones may.
         """
+
+    # Set by the runner once an answer is complete, for the transport's metrics: its status code and
+    # the bytes handed over (head included).
+    status: int
+    answered: int
 
 
 class DateCache:
@@ -61,18 +68,24 @@ class ResponseAborted(Exception):
 class _Exchange:
     """The state of one request/response pair as the application drives it."""
 
-    __slots__ = ("bytes_sent", "fields", "keep_alive", "plan", "request", "runner", "send", "sink", "status")
+    __slots__ = ("_send", "bytes_sent", "fields", "keep_alive", "plan", "request", "runner", "sink", "status",
+                 "wrote")
 
     def __init__(self, runner: WSGIRunner, request: Request, sink: Sink, keep_alive: bool) -> None:
         self.runner = runner
         self.request = request
         self.sink = sink
-        self.send = sink.send_all
+        self._send = sink.send_all
+        self.wrote = 0  # bytes handed to the sink, head and framing included
         self.keep_alive = keep_alive
         self.status: str | None = None
         self.fields: Fields | None = None
         self.plan: ResponsePlan | None = None
         self.bytes_sent = 0
+
+    def send(self, data: bytes) -> None:
+        self.wrote += len(data)
+        self._send(data)
 
     def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable:
         if exc_info is not None:
@@ -167,26 +180,33 @@ class WSGIRunner:
                 if plan.send_body and body:
                     exchange.bytes_sent = len(body)
                     sink.send_response(plan.head + body)
+                    sink.answered = len(plan.head) + len(body)
                 else:
                     sink.send_response(plan.head)
+                    sink.answered = len(plan.head)
             else:
                 self._stream(result, exchange)
                 plan = exchange.plan
+                sink.answered = exchange.wrote
             keep = exchange.keep_alive and plan.keep_alive
         except ResponseAborted as exc:
             print(f"wsgi: {request.method} {request.target}: {exc}; closing the connection", file=sys.stderr)
             keep = False
+            sink.answered = exchange.wrote
         except OSError:
             raise
         except Exception:
             traceback.print_exc(file=sys.stderr)
             keep = False
+            sink.answered = exchange.wrote
             if exchange.plan is None:
                 exchange.status = None
-                sink.send_response(error_response(500, "the application failed; the error is in the server log",
-                                    date=self.dates.now(), server=self.server_header))
+                answer = error_response(500, "the application failed; the error is in the server log",
+                                        date=self.dates.now(), server=self.server_header)
+                sink.send_response(answer)
+                sink.answered = len(answer)
+        status = sink.status = exchange.fields[1] if exchange.status is not None else 500  # type: ignore[index]
         if log is not None:
-            status = int(exchange.status[:3]) if exchange.status else 500
             log.log(env["REMOTE_ADDR"], request.method, request.target, request.version, status,
                     exchange.bytes_sent, time.perf_counter() - started, request.header("referer"),
                     request.header("user-agent"), request.header("x-request-id"))
