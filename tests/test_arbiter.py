@@ -501,3 +501,36 @@ def test_idle_pooled_connections_of_a_reloaded_worker(app_dir, versioned, raw_fa
         naive.read_response(timeout=5)
     print(f"idle connections: the old workers closed them and exited {took:.2f} s after SIGHUP")
     assert 0.9 <= took < 5
+
+
+def test_restarts_by_reason_reach_the_metrics(app_dir, server_factory):
+    """The master's counts by reason are what Prometheus reads (calc_server_worker_restarts_total{reason})."""
+    from test_metrics import METRICS_LINE, scrape, value
+
+    server = server_factory("--app", "versioned:app", "--no-access-log", "--workers", "2", "--max-requests", "20",
+                            "--worker-timeout", "2", "--metrics-bind", "127.0.0.1:0", env=_env(app_dir))
+    url = server.wait_for_line(METRICS_LINE).group(1)
+    master = server.proc.pid
+    first = wait_until(lambda: _children(master, 2), timeout=15, what="two workers")
+    with LoadPool(server.address, urllib3_clients=2, pipeliners=0) as pool:
+        wait_until(lambda: value(scrape(url)[0], "calc_server_worker_restarts_total", reason="max-requests") >= 2,
+                   timeout=30, what="two recycled workers counted")
+    before = wait_until(lambda: _children(master, 2), timeout=15, what="two workers")
+    server.signal(signal.SIGHUP)
+    after_reload = wait_until(lambda: (c := _children(master, 2)) and not c & before and c, timeout=15,
+                              what="reloaded workers")
+    os.kill(min(after_reload), signal.SIGSTOP)
+    wait_until(lambda: min(after_reload) not in proc_children(master) and len(proc_children(master)) == 2,
+               timeout=15, what="the stopped worker replaced")
+    os.kill(max(after_reload), signal.SIGKILL)
+    series = wait_until(lambda: (s := scrape(url)[0]) and value(s, "calc_server_worker_restarts_total",
+                                                                 reason="crash") == 1 and s,
+                        timeout=15, what="the crash counted")
+    counts = {reason: value(series, "calc_server_worker_restarts_total", reason=reason)
+              for reason in ("crash", "max-requests", "reload", "timeout")}
+    print(f"restarts by reason: {counts}")
+    # A worker that reached its --max-requests just before SIGHUP leaves as recycled, not reloaded.
+    assert counts["timeout"] == 1 and counts["crash"] == 1 and counts["max-requests"] >= 2
+    assert counts["reload"] >= 1 and counts["reload"] + counts["max-requests"] >= 4
+    assert pool.counts["failed"] == 0, pool.failures
+    assert not first & proc_children(master)
