@@ -264,6 +264,10 @@ class Arbiter:
             os._exit(status)
 
     def _retire(self, child: _Child, reason: str | None, now: float, signum: int = signal.SIGTERM) -> None:
+        if signum == signal.SIGTERM and not child.retiring:
+            why = {"reload": "it runs the code before the reload", "max-requests": "its replacement is ready",
+                   None: "one worker fewer"}.get(reason, reason)
+            _log(f"stopping worker {child.pid} gracefully: {why}")
         child.retiring = child.retiring or now
         child.reason = child.reason or reason
         with contextlib.suppress(ProcessLookupError):
