@@ -15,6 +15,7 @@ from .transport.arbiter import Arbiter
 from .transport.listener import ListenError, open_listeners, raise_open_file_limit
 from .transport.reloader import SourceWatcher
 from .transport.server import serve
+from .transport.tls import build_context
 from .transport.worker import EXIT_BOOT_FAILED, WorkerSlot
 from .wsgi import load_app
 
@@ -34,6 +35,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ImportError, ValueError) as exc:
             print(f"server: cannot load the application: {exc}", file=sys.stderr)
             return 2
+    context = None
+    if settings.certfile:
+        try:
+            context = build_context(settings)  # fail here, once, rather than in every worker
+        except (OSError, ValueError) as exc:
+            print(f"server: cannot set up TLS: {exc}", file=sys.stderr)
+            return 2
     nofile = raise_open_file_limit()
     try:
         listeners = open_listeners(tuple(parse_bind(text) for text in settings.bind), settings.host, settings.port,
@@ -41,6 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ListenError as exc:
         print(f"server: {exc}", file=sys.stderr)
         return 1
+    for listener in listeners:
+        if listener.kind == "tcp" and context is not None:
+            listener.extra["ssl_context"] = context  # TCP listeners speak TLS; each process builds its own context
     addresses = ", ".join(listener.display() for listener in listeners)
     ready = (f"calc-server: listening on {addresses} (pid {os.getpid()}, "
              f"workers {settings.workers}, threads {settings.threads}, open files {nofile})")

@@ -141,6 +141,13 @@ def _umask(text: str) -> str:
     return text
 
 
+def _cert_reqs(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("none", "optional", "required"):
+        raise ValueError(f"expected none, optional or required, got {text!r}")
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class Option:
     name: str
@@ -216,6 +223,16 @@ OPTIONS: tuple[Option, ...] = (
     # --- metrics (issue 13) ---
     Option("metrics_bind", "", _optional_bind,
            "HOST:PORT of a separate listener serving Prometheus metrics at /metrics; empty (default) for none."),
+    # --- TLS and the PROXY protocol (issue 11) ---
+    Option("certfile", "", str, "PEM certificate (chain); when set, TCP listeners speak TLS (https)."),
+    Option("keyfile", "", str, "PEM private key; empty when it is in the certfile."),
+    Option("keyfile_password_file", "", str, "File whose first line is the private key's passphrase."),
+    Option("ca_certs", "", str, "PEM bundle of the CAs that client certificates must chain to."),
+    Option("cert_reqs", "none", _cert_reqs,
+           "Client certificates: none, optional (verified if sent) or required; needs --ca-certs unless none."),
+    Option("ciphers", "", str, "OpenSSL cipher list for TLS 1.2; empty for OpenSSL's defaults."),
+    Option("proxy_protocol", False, _bool,
+           "Peers in --forwarded-allow-ips must open with a PROXY protocol v1/v2 header; its address is the client."),
     # --- process management: reload, recycle, worker timeout, log files (issue 12) ---
     Option("master", False, _bool,
            "Supervise even one worker from a master process, so SIGHUP reloads the code without downtime "
@@ -266,6 +283,14 @@ class Settings:
     umask: str = ""
     # --- metrics (issue 13) ---
     metrics_bind: str = ""
+    # --- TLS and the PROXY protocol (issue 11) ---
+    certfile: str = ""
+    keyfile: str = ""
+    keyfile_password_file: str = ""
+    ca_certs: str = ""
+    cert_reqs: str = "none"
+    ciphers: str = ""
+    proxy_protocol: bool = False
     # --- process management: reload, recycle, worker timeout, log files (issue 12) ---
     master: bool = False
     max_requests: int = 0

@@ -23,6 +23,7 @@ class Connection:
     __slots__ = ("answered", "closed", "closing_budget", "dirty", "drain_deadline", "drained", "draining", "fd",
                  "hangup", "head_started", "idle_since", "last_io", "lock", "out", "parser", "peer", "send_timeout",
                  "served", "set_aside", "sock", "status")
+    is_tls = False  # a class attribute, overridden by tls.TLSConnection: plain sockets may use os.sendfile
 
     def __init__(self, sock: socket.socket, peer: tuple[str, int], parser: RequestParser, now: float,
                  send_timeout: float) -> None:
@@ -121,12 +122,8 @@ class Connection:
         """
         if self.closing_budget <= 0:
             return False
-        if not self.parser.buffered:
-            try:
-                if not self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
-                    return False  # the client's EOF: nothing more is coming
-            except OSError:
-                return False  # nothing waiting (or the connection is gone)
+        if not self.parser.buffered and (self.hangup or not self.has_unread_input()):
+            return False  # nothing waiting, or only the client's EOF
         self.closing_budget -= 1
         return True
 

@@ -465,6 +465,7 @@ class Reactor:
             return
         accept = listener.sock.accept
         tcp = listener.kind == "tcp"
+        make = listener.extra.get("connection", Connection)  # TLS, PROXY protocol: see tls.connection_factory
         now = monotonic()
         for _ in range(64):
             try:
@@ -491,7 +492,7 @@ class Reactor:
                 peer = peer[:2]
             else:
                 peer = UNIX_PEER
-            conn = Connection(sock, peer, RequestParser(self.limits), now, self.settings.send_timeout)
+            conn = make(sock, peer, RequestParser(self.limits), now, self.settings.send_timeout)
             if not self.conns:
                 self._wake_main()  # from now on stalls need watching: switch to the short tick
             self.conns[conn.fd] = conn
