@@ -38,7 +38,10 @@ def test_tiny_run_measures_every_workload_and_writes_nothing():
     for workload in WORKLOADS.values():
         assert f"## Direct, one core: {workload.title}" in text
     table_rows = [line for line in text.splitlines() if line.startswith("| calc-server | ")]
-    assert len(table_rows) == len(WORKLOADS) and all("| ok |" in line for line in table_rows), table_rows
+    # one per workload, plus the two TLS rows when the server has --certfile
+    tls_rows = 2 if "TLS: skipping calc-server" not in text else 0
+    assert len(table_rows) == len(WORKLOADS) + tls_rows, table_rows
+    assert all("| ok |" in line for line in table_rows), table_rows
     template_rows = [line for line in text.splitlines() if line.startswith("| nginx template → calc-server |")]
     assert len(template_rows) == 2 and all("| ok |" in line and "| — |" not in line for line in template_rows)
     # measured when the server has --metrics-bind, else skipped with the reason
