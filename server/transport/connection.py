@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import select
 import socket
 import threading
@@ -10,6 +12,8 @@ import threading
 from ..protocol import RequestParser
 
 HOLD_LIMIT = 16384  # bytes of finished answers a connection may hold back to be written with others
+_NO_SENDFILE = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)  # this file or socket cannot be sendfile'd
+_PREAD_BLOCK = 65536
 
 
 class SendTimeout(OSError):
@@ -20,8 +24,8 @@ class Connection:
     """Whoever works on a connection holds its lock: the thread serving it, or the timeout sweep."""
 
     __slots__ = ("closed", "dirty", "drain_deadline", "drained", "draining", "fd", "hangup", "head_started",
-                 "idle_since", "last_io", "lock", "out", "parser", "peer", "send_timeout", "served", "set_aside",
-                 "sock")
+                 "idle_since", "last_io", "lock", "out", "parser", "peer", "send_timeout", "sendfile_ok", "served",
+                 "set_aside", "sock")
 
     def __init__(self, sock: socket.socket, peer: tuple[str, int], parser: RequestParser, now: float,
                  send_timeout: float) -> None:
@@ -43,6 +47,7 @@ class Connection:
         self.drain_deadline = 0.0
         self.drained = 0
         self.out = b""  # whole answers held back by send_response; every other write sends these first
+        self.sendfile_ok = True  # the kernel may copy files to this socket itself (not so under TLS)
 
     def send_response(self, data: bytes) -> None:
         """A whole answer: hold it (up to HOLD_LIMIT) so the reactor writes it with the others of its batch.
@@ -99,6 +104,46 @@ class Connection:
             except BlockingIOError:
                 continue
             view = view[sent:]
+
+    def send_file(self, head: bytes, fd: int, offset: int, count: int) -> int:
+        """Held answers and ``head``, then ``count`` bytes of the file from ``offset`` with sendfile(2).
+
+        Returns the bytes of the file sent: fewer than ``count`` only when the
+        file ends first. Waits for a slow reader as ``send_all`` does (the
+        send timeout applies to each stall). Where the kernel refuses sendfile
+        for this file, the rest goes through pread and send instead.
+        """
+        self.send_all(head)
+        sent = 0
+        waiter: select.poll | None = None
+        while sent < count:
+            try:
+                n = os.sendfile(self.fd, fd, offset + sent, count - sent)
+            except BlockingIOError:
+                if waiter is None:
+                    waiter = select.poll()
+                    waiter.register(self.fd, select.POLLOUT)
+                if not waiter.poll(self.send_timeout * 1000):
+                    raise SendTimeout(f"client did not read for {self.send_timeout:g} s") from None
+                continue
+            except OSError as exc:
+                if exc.errno not in _NO_SENDFILE:
+                    raise
+                return sent + self._pread_send(fd, offset + sent, count - sent)
+            if n == 0:
+                break  # end of file
+            sent += n
+        return sent
+
+    def _pread_send(self, fd: int, offset: int, count: int) -> int:
+        sent = 0
+        while sent < count:
+            block = os.pread(fd, min(_PREAD_BLOCK, count - sent), offset + sent)
+            if not block:
+                break
+            self.send_all(block)
+            sent += len(block)
+        return sent
 
     def has_unread_input(self) -> bool:
         """Bytes (or EOF) waiting in the kernel that this server has not read yet."""

@@ -1,8 +1,9 @@
 """Run one request through a WSGI application and send its response.
 
 Implements start_response (with the exc_info rules), the legacy write()
-callable, iteration with close(), and Content-Length enforcement. Sending is
-delegated to a ``Sink``, so this module never touches a socket.
+callable, iteration with close(), Content-Length enforcement and
+``wsgi.file_wrapper`` bodies. Sending is delegated to a ``Sink``, so this
+module never touches a socket.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ..protocol import Request, ResponsePlan
 from ..protocol.response import Fields, check_fields, frame
 from ..protocol.writer import LAST_CHUNK, chunk, error_response, http_date
 from .environ import EnvironBuilder
+from .file_wrapper import FileWrapper
 
 Send = Callable[[bytes], None]
 
@@ -30,6 +32,10 @@ class Sink(Protocol):
 
     def send_response(self, data: bytes) -> None:
         """A whole answer; the transport may hold it briefly to write it together with others."""
+
+    # Optional, looked up with getattr: ``sendfile_ok`` (bool) says whether ``send_file`` may be used;
+    # ``send_file(head, fd, offset, count) -> int`` writes the head and then count bytes of the file
+    # from offset (returns fewer only when the file ends first).
 
 
 class DateCache:
@@ -56,7 +62,7 @@ class ResponseAborted(Exception):
 class _Exchange:
     """The state of one request/response pair as the application drives it."""
 
-    __slots__ = ("bytes_sent", "fields", "keep_alive", "plan", "request", "runner", "send", "status")
+    __slots__ = ("bytes_sent", "fields", "hint", "keep_alive", "plan", "request", "runner", "send", "status")
 
     def __init__(self, runner: WSGIRunner, request: Request, send: Send, keep_alive: bool) -> None:
         self.runner = runner
@@ -67,6 +73,7 @@ class _Exchange:
         self.fields: Fields | None = None
         self.plan: ResponsePlan | None = None
         self.bytes_sent = 0
+        self.hint: int | None = None  # the body's size if known before it is sent (a file's)
 
     def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable:
         if exc_info is not None:
@@ -98,7 +105,7 @@ class _Exchange:
         plan = self.plan
         head = b""
         if plan is None:
-            plan = self.begin(None)
+            plan = self.begin(self.hint)
             head = plan.head
         if not plan.send_body or not data:
             if head:
@@ -120,7 +127,7 @@ class _Exchange:
     def finish(self) -> None:
         plan = self.plan
         if plan is None:
-            plan = self.begin(0)
+            plan = self.begin(self.hint or 0)
             self.send(plan.head)
         if plan.chunked:
             self.send(LAST_CHUNK)
@@ -161,6 +168,9 @@ class WSGIRunner:
                     sink.send_response(plan.head + body)
                 else:
                     sink.send_response(plan.head)
+            elif type(result) is FileWrapper and exchange.fields is not None:
+                self._send_file(result, exchange, sink)
+                plan = exchange.plan
             else:
                 self._stream(result, exchange)
                 plan = exchange.plan
@@ -183,6 +193,38 @@ class WSGIRunner:
                     exchange.bytes_sent, time.perf_counter() - started, request.header("referer"),
                     request.header("user-agent"), request.header("x-request-id"))
         return keep
+
+    @staticmethod
+    def _send_file(wrapper: FileWrapper, exchange: _Exchange, sink: Sink) -> None:
+        """A wsgi.file_wrapper body: sendfile when the file and the sink allow it, else read in blocks."""
+        try:
+            fd, offset, available = wrapper.region()
+            declared = exchange.fields[3]  # the application's Content-Length, if it gave one
+            length = declared if declared is not None else available
+            exchange.hint = available
+            if fd >= 0 and length is not None and getattr(sink, "sendfile_ok", False):
+                plan = exchange.begin(available)
+                if not plan.send_body:
+                    sink.send_response(plan.head)
+                    return
+                exchange.bytes_sent = sent = sink.send_file(plan.head, fd, offset, length)
+                if sent < length:
+                    raise ResponseAborted(f"the file ended after {sent} of its {length} bytes")
+                return
+            if exchange.request.method != "HEAD":
+                read, size, remaining = wrapper.filelike.read, wrapper.block_size, length
+                while remaining is None or remaining > 0:
+                    block = read(size if remaining is None else min(size, remaining))
+                    if not block:
+                        break
+                    exchange.write(block)
+                    if remaining is not None:
+                        remaining -= len(block)
+            exchange.finish()
+        finally:
+            close = getattr(wrapper, "close", None)
+            if close is not None:
+                close()
 
     @staticmethod
     def _stream(result: Iterable[bytes], exchange: _Exchange) -> None:
