@@ -1,6 +1,6 @@
 """Every setting in one table: default, command-line flag, environment variable and help.
 
-The table is the single source of truth: ``--help``, the README configuration
+The table is the single source of truth: ``--help``, the configuration page's
 table and the environment lookup are all generated from ``OPTIONS``, so a
 setting cannot exist in one place and be missing from another.
 """
@@ -29,32 +29,43 @@ def _bool(text: str) -> bool:
         return True
     if lowered in {"0", "false", "no", "off"}:
         return False
-    raise ValueError(f"expected a boolean (true/false), got {text!r}")
+    raise ValueError("expected true or false (also 1/0, yes/no, on/off)")
+
+
+def _int(text: str) -> int:
+    """A whole number; Python's own message ("invalid literal for int() with base 10") helps no one."""
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError("expected a whole number") from None
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = _int(text)
     if value < 1:
         raise ValueError(f"must be at least 1, got {value}")
     return value
 
 
 def _non_negative_int(text: str) -> int:
-    value = int(text)
+    value = _int(text)
     if value < 0:
         raise ValueError(f"must be 0 or more, got {value}")
     return value
 
 
 def _port(text: str) -> int:
-    value = int(text)
+    value = _int(text)
     if not 0 <= value <= 65535:
         raise ValueError(f"port must be 0..65535, got {value}")
     return value
 
 
 def _seconds(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("expected a number of seconds, such as 30 or 0.5") from None
     if not value > 0:
         raise ValueError(f"must be a positive number of seconds, got {text}")
     return value
@@ -74,6 +85,28 @@ def _networks(text: str) -> tuple[str, ...]:
         if item != "*":
             ipaddress.ip_network(item, strict=False)
     return items
+
+
+def split_host_port(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[IPv6]:PORT`` into its parts; ValueError says what is wrong."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected HOST:PORT (for example 127.0.0.1:9100), got {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"an IPv6 address needs brackets, as in [::1]:9100; got {text!r}")
+    if not port.isdigit():
+        raise ValueError(f"port must be a number, got {port!r}")
+    return host, _port(port)
+
+
+def _optional_bind(text: str) -> str:
+    """Empty (off) or a valid HOST:PORT."""
+    text = text.strip()
+    if text:
+        split_host_port(text)
+    return text
 
 
 def _binds(text: str) -> tuple[str, ...]:
@@ -101,13 +134,19 @@ def _umask(text: str) -> str:
     return text
 
 
+def _cert_reqs(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("none", "optional", "required"):
+        raise ValueError(f"expected none, optional or required, got {text!r}")
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class Option:
     name: str
     default: Any
     parse: Callable[[str], Any]
-    help: str
-    flag_only_true: bool = False  # a switch such as --no-access-log
+    help: str  # for a bool option: what --NAME does; --no-NAME does the opposite
     repeat: bool = False  # the flag may be given several times; the values (tuples) add up
     short: str = ""  # a one-letter alias such as -b
 
@@ -118,6 +157,15 @@ class Option:
     @property
     def env(self) -> str:
         return ENV_PREFIX + self.name.upper()
+
+    @property
+    def is_switch(self) -> bool:
+        """A bool default makes a switch: --NAME and --no-NAME, so a flag can undo the environment."""
+        return isinstance(self.default, bool)
+
+    @property
+    def negative_flag(self) -> str:
+        return "--no-" + self.name.replace("_", "-")
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -154,7 +202,8 @@ OPTIONS: tuple[Option, ...] = (
            "Requests a client may queue on one connection before the server stops reading from it."),
     Option("forwarded_allow_ips", ("127.0.0.1", "::1"), _networks,
            "Peers (addresses or CIDR, * for any) whose X-Forwarded-For/-Proto are trusted."),
-    Option("access_log", True, _bool, "Write one access-log line per request to stdout.", flag_only_true=True),
+    Option("access_log", True, _bool,
+           "Write one access-log line per request to stdout; --no-access-log writes none."),
     Option("server_header", "calc-server", _header_value, "Value of the Server response header; empty to omit it."),
     # --- binding anywhere (issue 11) ---
     Option("bind", (), _binds,
@@ -164,6 +213,19 @@ OPTIONS: tuple[Option, ...] = (
     Option("umask", "", _umask,
            "Octal mask applied to the mode of Unix socket files this server creates (077: owner only); "
            "unset keeps the process umask."),
+    # --- metrics (issue 13) ---
+    Option("metrics_bind", "", _optional_bind,
+           "HOST:PORT of a separate listener serving Prometheus metrics at /metrics; empty (default) for none."),
+    # --- TLS and the PROXY protocol (issue 11) ---
+    Option("certfile", "", str, "PEM certificate (chain); when set, TCP listeners speak TLS (https)."),
+    Option("keyfile", "", str, "PEM private key; empty when it is in the certfile."),
+    Option("keyfile_password_file", "", str, "File whose first line is the private key's passphrase."),
+    Option("ca_certs", "", str, "PEM bundle of the CAs that client certificates must chain to."),
+    Option("cert_reqs", "none", _cert_reqs,
+           "Client certificates: none, optional (verified if sent) or required; needs --ca-certs unless none."),
+    Option("ciphers", "", str, "OpenSSL cipher list for TLS 1.2; empty for OpenSSL's defaults."),
+    Option("proxy_protocol", False, _bool,
+           "Peers in --forwarded-allow-ips must open with a PROXY protocol v1/v2 header; its address is the client."),
 )
 
 
@@ -196,6 +258,16 @@ class Settings:
     # --- binding anywhere (issue 11) ---
     bind: tuple[str, ...] = ()
     umask: str = ""
+    # --- metrics (issue 13) ---
+    metrics_bind: str = ""
+    # --- TLS and the PROXY protocol (issue 11) ---
+    certfile: str = ""
+    keyfile: str = ""
+    keyfile_password_file: str = ""
+    ca_certs: str = ""
+    cert_reqs: str = "none"
+    ciphers: str = ""
+    proxy_protocol: bool = False
 
     def limits(self) -> Limits:
         """The parser's share of the settings."""
@@ -222,6 +294,16 @@ def _render_default(option: Option) -> str:
     return str(option.default)
 
 
+def _explain(exc: ValueError) -> str:
+    """What was expected, also from a bare ``int``/``float`` used as a parser."""
+    text = str(exc)
+    if text.startswith("invalid literal for int()"):
+        return "expected a whole number"
+    if text.startswith("could not convert string to float"):
+        return "expected a number"
+    return text
+
+
 def _flag_parser(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     """argparse shows only the type's name for a ValueError; this passes on what was wrong."""
 
@@ -229,7 +311,7 @@ def _flag_parser(parse: Callable[[str], Any]) -> Callable[[str], Any]:
         try:
             return parse(text)
         except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+            raise argparse.ArgumentTypeError(f"{text!r}: {_explain(exc)}") from None
 
     return checked
 
@@ -249,9 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(*filter(None, (option.short, option.flag)), dest=option.name, action="append",
                                 type=_flag_parser(option.parse), default=None, metavar=option.name.upper(),
                                 help=help_text)
-        elif option.flag_only_true:
-            parser.add_argument(f"--no-{option.name.replace('_', '-')}", dest=option.name,
-                                action="store_const", const=False, default=None, help=help_text)
+        elif option.is_switch:
+            parser.add_argument(option.flag, dest=option.name, action=argparse.BooleanOptionalAction,
+                                default=None, help=help_text)
         else:
             parser.add_argument(option.flag, dest=option.name, type=_flag_parser(option.parse),
                                 default=None, metavar=option.name.upper(), help=help_text)
@@ -272,15 +354,16 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             try:
                 value = option.parse(environ[option.env])
             except ValueError as exc:
-                parser.error(f"{option.env}={environ[option.env]!r}: {exc}")
+                parser.error(f"{option.env}={environ[option.env]!r}: {_explain(exc)}")
         values[option.name] = option.default if value is None else value
     return Settings(**values)
 
 
 def markdown_table() -> str:
-    """The README configuration table, generated so it never drifts."""
+    """The settings table of docs/configuration.md, generated when the site is built so it never drifts."""
     rows = ["| flag | environment | default | meaning |", "| --- | --- | --- | --- |"]
     for option in OPTIONS:
-        flag = f"--no-{option.name.replace('_', '-')}" if option.flag_only_true else option.flag
-        rows.append(f"| `{flag}` | `{option.env}` | `{_render_default(option)}` | {option.help} |")
+        flag = (f"`{option.short}`, " if option.short else "") + f"`{option.flag}`"
+        flag += f" / `{option.negative_flag}`" if option.is_switch else ""
+        rows.append(f"| {flag} | `{option.env}` | `{_render_default(option)}` | {option.help} |")
     return "\n".join(rows)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -26,8 +28,35 @@ def test_help_explains_every_option_and_its_environment_variable():
     assert result.returncode == 0
     text = " ".join(result.stdout.split())
     for option in config.OPTIONS:
-        flag = f"--no-{option.name.replace('_', '-')}" if option.flag_only_true else option.flag
-        assert flag in text and option.env in text, option.name
+        assert option.flag in text and option.env in text, option.name
+        if option.is_switch:
+            assert option.negative_flag in text, option.name
+
+
+def test_every_yes_no_option_has_both_forms_and_a_flag_beats_the_environment():
+    """Any option whose default is a bool is a switch, including ones added later: --x and --no-x."""
+    switches = [option for option in config.OPTIONS if option.is_switch]
+    assert switches
+    for option in switches:
+        off = {option.env: "false"}
+        assert getattr(config.load([option.flag], off), option.name) is True, option.flag
+        assert getattr(config.load([option.negative_flag], {option.env: "true"}), option.name) is False
+        assert getattr(config.load([], off), option.name) is False
+
+
+def test_access_log_help_says_what_each_form_does():
+    result = run_cli("--help")
+    help_text = " ".join(result.stdout.split())
+    entry = help_text[help_text.index("--access-log, --no-access-log"):]
+    entry = entry[:entry.index("]") + 1]
+    assert "Write one access-log line per request" in entry and "--no-access-log writes none" in entry.replace(
+        "- ", "-")
+
+
+def test_access_log_flag_turns_the_log_back_on_over_the_environment(server_factory):
+    server = server_factory("--access-log", env={"CALC_ACCESS_LOG": "false"})
+    assert requests.get(f"{server.url}/add/2/3", timeout=5).text == "5"
+    server.wait_for_line(r'"GET /add/2/3 HTTP/1.1" 200')
 
 
 def test_environment_sets_options_and_flags_win():
@@ -47,11 +76,24 @@ def test_environment_sets_options_and_flags_win():
     ([], {"CALC_WORKERS": "many"}, "CALC_WORKERS"),
     ([], {"CALC_ACCESS_LOG": "perhaps"}, "CALC_ACCESS_LOG"),
     ([], {"CALC_FORWARDED_ALLOW_IPS": "not-an-ip"}, "CALC_FORWARDED_ALLOW_IPS"),
+    (["--threads", "many"], {}, "argument --threads: 'many': expected a whole number"),
+    (["--port", "http"], {}, "argument --port: 'http': expected a whole number"),
+    (["--keepalive-timeout", "soon"], {}, "argument --keepalive-timeout: 'soon': expected a number of seconds"),
+    ([], {"CALC_MAX_BODY_SIZE": "1MB"}, "CALC_MAX_BODY_SIZE='1MB': expected a whole number"),
+    ([], {"CALC_GRACEFUL_TIMEOUT": "30s"}, "CALC_GRACEFUL_TIMEOUT='30s': expected a number of seconds"),
+    ([], {"CALC_ACCESS_LOG": "perhaps"}, "CALC_ACCESS_LOG='perhaps': expected true or false"),
 ])
 def test_bad_settings_are_refused_with_a_clear_message(args, env, message):
     result = run_cli(*args, env=env)
     assert result.returncode == 2 and message in result.stderr
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr and "invalid literal" not in result.stderr
+
+
+def test_a_bare_int_or_float_parser_still_explains_what_is_expected():
+    """Settings added later may parse with int or float directly; their errors must still be readable."""
+    for parse, expected in [(int, "expected a whole number"), (float, "expected a number")]:
+        with pytest.raises(argparse.ArgumentTypeError, match=f"^'x': {expected}$"):
+            config._flag_parser(parse)("x")
 
 
 def test_bad_app_is_refused_without_traceback():
@@ -73,7 +115,7 @@ def test_environment_configures_a_running_server(server_factory):
 
 
 def test_default_command_serves_the_calculator_on_8000():
-    """`python3 -m server` with no arguments, as the README says, answers /add/2/3 with 5."""
+    """`python3 -m server` with no arguments, the README's first command, answers /add/2/3 with 5."""
     probe = socket.socket()
     if probe.connect_ex(("127.0.0.1", 8000)) == 0:
         probe.close()
@@ -93,6 +135,28 @@ def test_default_command_serves_the_calculator_on_8000():
         assert proc.wait(timeout=15) == 0
 
 
-def test_readme_configuration_table_matches_the_settings():
-    readme = (ROOT / "README.md").read_text()
-    assert config.markdown_table() in readme
+@pytest.mark.slow
+def test_scripts_test_makes_and_reuses_its_own_virtual_environment(tmp_path):
+    """scripts/test installs nothing into the system's Python (Debian's refuses, PEP 668): it makes
+    .venv-test/, runs ruff and pytest from there, and reinstalls only when the requirements change."""
+    shutil.copytree(ROOT / "scripts" / "lib", tmp_path / "scripts" / "lib")
+    shutil.copy(ROOT / "scripts" / "test", tmp_path / "scripts" / "test")
+    (tmp_path / "requirements-test.txt").write_text("pytest>=8\nruff>=0.5\n")
+    (tmp_path / "test_where.py").write_text(
+        "import sys\n\n\ndef test_where():\n    print('PREFIX', sys.prefix)\n")
+    env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "PYTHONPATH"}}
+    env["PYTHON"] = sys.executable if sys.prefix == sys.base_prefix else shutil.which("python3") or "python3"
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["bash", "scripts/test", "-q", "-s", "-p", "no:cacheprovider", "test_where.py"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+    first = run()
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert f"PREFIX {tmp_path / '.venv-test'}" in first.stdout
+    assert "installing requirements-test.txt" in first.stderr
+    second = run()
+    assert second.returncode == 0 and "installing" not in second.stderr
+    (tmp_path / "requirements-test.txt").write_text("pytest>=8\nruff>=0.5\n# changed\n")
+    third = run()
+    assert third.returncode == 0 and "installing requirements-test.txt" in third.stderr

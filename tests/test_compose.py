@@ -1,9 +1,11 @@
 """The docker compose stack, for real: a Docker engine, the image built from the Dockerfile, nginx in front.
 
 One stack per module (a unique project name, three server replicas, nginx published on a free
-loopback port), brought up with ``up -d --build`` and waited for with ``docker-compose-wait``;
-``down -v --remove-orphans`` at the end. The tests run in file order: the later ones stop
-and restart containers, and the last one takes the stack down and checks nothing is left.
+loopback port), brought up with Compose v2's ``up -d --build --wait`` (``COMPOSE_BAKE=false``:
+there is no buildx here); ``down -v --remove-orphans --rmi local`` at the end. The tests run in
+file order: the later ones stop and restart containers, and the one after them takes the stack
+down and checks nothing is left. One test keeps the Compose v1 path working: ``docker-compose``
+with ``docker-compose-wait``, on a stack of its own.
 
 Base images: PYTHON_IMAGE / NGINX_IMAGE from the environment, else the official images when
 present, else the stand-ins scripts/docker-setup builds (there is no registry to pull from in CI).
@@ -15,7 +17,7 @@ import contextlib
 import functools
 import json
 import os
-import shutil
+import re
 import socket
 import subprocess
 import time
@@ -69,10 +71,21 @@ def docker_engine() -> str:
 
 
 def compose_command(docker: str) -> list[str]:
-    """Compose v2 (``docker compose``) when the CLI has it, else v1 ``docker-compose``."""
-    if run([docker, "compose", "version"], timeout=30, check=False).returncode == 0:
-        return [docker, "compose"]
-    return [require_tool("docker-compose", "the compose tests drive the stack with Compose")]
+    """Compose v2, ``docker compose`` (scripts/install-compose-v2 installs the CLI plugin)."""
+    version = run([docker, "compose", "version", "--short"], timeout=30, check=False)
+    if version.returncode != 0:
+        skip_or_fail("Compose v2 (`docker compose`) is not installed; scripts/install-compose-v2 installs it")
+    assert version.stdout.strip().lstrip("v").startswith("2."), version.stdout
+    return [docker, "compose"]
+
+
+def compose_env(docker: str, port: int) -> dict[str, str]:
+    """This process's environment without the stack's variables, plus the images and nginx on ``port``."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("CALC_", "NGINX_", "LOCUST_", "SERVER_", "COMPOSE_"))}
+    env.update({variable: pick_image(docker, variable) for variable in IMAGES})
+    env.update({"NGINX_PORT": str(port), "NGINX_BIND": "127.0.0.1", "COMPOSE_BAKE": "false"})
+    return env
 
 
 def pick_image(docker: str, variable: str) -> str:
@@ -141,17 +154,21 @@ class Stack:
         states = [self.inspect(c, "{{.State.Status}}/{{if .State.Health}}{{.State.Health.Status}}{{end}}") for c in ids]
         return len(ids) == expected and all(s == "running/healthy" for s in states)
 
-    def wait_healthy(self, timeout: float = 120) -> None:
-        """docker-compose-wait (it checks one container per service), then every replica."""
-        started = time.monotonic()
-        if shutil.which("docker-compose") or IN_CI:
-            waiter = require_tool("docker-compose-wait", "the compose tests wait for health with it")
-            proc = run([waiter, "-f", str(ROOT / "docker-compose.yml"), "-p", self.project, "-t", f"{int(timeout)}s"],
-                       timeout=timeout + 30, check=False, env=self.env)
-            assert proc.returncode == 0, f"docker-compose-wait: {proc.stdout}{proc.stderr}"
-            assert "All processes up and running" in proc.stdout
-        poll(lambda: self.all_healthy(REPLICAS + 1), timeout, "every container healthy")
-        self.timings["healthy"] = time.monotonic() - started
+    def wait_with_docker_compose_wait(self, timeout: float = 120) -> None:
+        """docker-compose-wait (the Compose v1 companion; it checks one container per service)."""
+        waiter = require_tool("docker-compose-wait", "the Compose v1 path waits for health with it")
+        proc = run([waiter, "-f", str(ROOT / "docker-compose.yml"), "-p", self.project, "-t", f"{int(timeout)}s"],
+                   timeout=timeout + 30, check=False, env=self.env)
+        assert proc.returncode == 0, f"docker-compose-wait: {proc.stdout}{proc.stderr}"
+        assert "All processes up and running" in proc.stdout
+
+    def addresses_logged(self, rid: str) -> tuple[str, str] | None:
+        """(client address in nginx's access log, client address in a server's access log) for a request id."""
+        seen = [json.loads(line[line.index("{"):])["remote_addr"] for c in self.containers("nginx")
+                for line in self.logs(c).splitlines() if f'"request_id":"{rid}"' in line]
+        served = [line.split()[0] for c in self.containers("server") for line in self.logs(c).splitlines()
+                  if line.endswith(f"rid={rid}")]
+        return (seen[0], served[0]) if seen and served else None
 
     def replica_traffic(self, count: int = 30) -> dict[str, int]:
         """Send ``count`` requests with fresh ids through nginx; how many each server replica logged."""
@@ -172,15 +189,14 @@ def stack() -> Iterator[Stack]:
     docker = docker_engine()
     compose_cmd = compose_command(docker)
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CALC_", "NGINX_", "LOCUST_", "COMPOSE_"))}
-    env.update({variable: pick_image(docker, variable) for variable in IMAGES})
-    env.update({"NGINX_PORT": str(port), "NGINX_BIND": "127.0.0.1"})
-    stack = Stack(docker, compose_cmd, f"calctest-{uuid.uuid4().hex[:10]}", env, port)
+    stack = Stack(docker, compose_cmd, f"calctest-{uuid.uuid4().hex[:10]}", compose_env(docker, port), port)
     try:
         started = time.monotonic()
-        stack.compose("up", "-d", "--build", "--scale", f"server={REPLICAS}", timeout=600)
+        # --wait: returns once every container is healthy (fails if one is not within the timeout).
+        stack.compose("up", "-d", "--build", "--wait", "--wait-timeout", "180", "--scale", f"server={REPLICAS}",
+                      timeout=600)
         stack.timings["up"] = time.monotonic() - started
-        stack.wait_healthy()
+        assert stack.all_healthy(REPLICAS + 1)
         yield stack
     finally:
         stack.remove_helpers()
@@ -225,6 +241,33 @@ def test_nginx_request_id_appears_in_the_server_log(stack):
          f"request id {rid} in the server log")
 
 
+def test_server_logs_the_client_address_nginx_saw(stack):
+    """The access log names the client, not nginx: X-Forwarded-For from nginx is trusted by default."""
+    (nginx,) = stack.containers("nginx")
+    nginx_address = stack.address(nginx)
+    # From a container on the stack's network: the client knows its own address.
+    tag = uuid.uuid4().hex[:16]
+    script = ("import socket, sys; s = socket.create_connection(('nginx', 80), timeout=10); "
+              f"s.sendall(b'GET /add/1/1 HTTP/1.1\\r\\nHost: calc\\r\\nX-Request-ID: {tag}\\r\\n"
+              "Connection: close\\r\\n\\r\\n'); print(s.getsockname()[0]); sys.stdout.flush(); "
+              "assert b' 200 ' in s.recv(65536)")
+    proc = stack.run_docker("run", "--rm", "--label", f"calctest={stack.project}", "--network", stack.network,
+                            stack.env["PYTHON_IMAGE"], "python3", "-c", script, timeout=60)
+    client = proc.stdout.strip()
+    # And from this machine through the published port: whatever address nginx saw.
+    status, headers, _ = fetch(stack.port, "/add/2/2")
+    assert status == 200
+    host_rid = headers["x-request-id"]
+
+    in_nginx, in_server = poll(lambda: stack.addresses_logged(tag), 15, f"request {tag} in nginx's and a server's log")
+    print(f"client {client}: nginx logged {in_nginx}, the server {in_server}; nginx itself is {nginx_address}")
+    assert in_nginx == client
+    assert in_server == client != nginx_address
+    in_nginx, in_server = poll(lambda: stack.addresses_logged(host_rid), 15, f"request {host_rid} in both logs")
+    print(f"from the host: nginx logged {in_nginx}, the server {in_server}")
+    assert in_server == in_nginx != nginx_address
+
+
 def test_containers_on_the_compose_network_reach_nginx_and_server(stack):
     script = ("import json, urllib.request as u; print(json.dumps([u.urlopen(url, timeout=10).read().decode() "
               "for url in ('http://nginx/add/2/3', 'http://server:8000/add/2/3')]))")
@@ -252,6 +295,38 @@ def test_server_runs_unprivileged_on_a_read_only_root(stack):
         assert stack.inspect(container, "{{json .HostConfig.CapDrop}}") == '["ALL"]'
         assert "no-new-privileges:true" in stack.inspect(container, "{{json .HostConfig.SecurityOpt}}")
         assert stack.inspect(container, "{{.HostConfig.RestartPolicy.Name}}") == "unless-stopped"
+
+
+def test_nginx_runs_hardened_on_a_read_only_root(stack):
+    (nginx,) = stack.containers("nginx")
+    assert stack.inspect(nginx, "{{.HostConfig.ReadonlyRootfs}}") == "true"
+    assert stack.inspect(nginx, "{{json .HostConfig.CapDrop}}") == '["ALL"]'
+    added = {cap.removeprefix("CAP_") for cap in json.loads(stack.inspect(nginx, "{{json .HostConfig.CapAdd}}"))}
+    assert added == {"CHOWN", "SETUID", "SETGID"}
+    assert "no-new-privileges:true" in stack.inspect(nginx, "{{json .HostConfig.SecurityOpt}}")
+    denied = stack.compose("exec", "-T", "nginx", "sh", "-c", "echo x > /etc/nginx/probe", check=False)
+    assert denied.returncode != 0 and "Read-only file system" in denied.stderr + denied.stdout
+    # What the workers run with: an unprivileged user, and no capability at all.
+    workers = stack.compose("exec", "-T", "nginx", "sh", "-c",
+                            "for p in /proc/[0-9]*; do grep -q '^nginx: worker' $p/cmdline 2>/dev/null && "
+                            "awk '/^(Uid|CapEff):/ {print $2}' $p/status; done; true").stdout.split()
+    assert workers and workers[0::2] == [workers[0]] * (len(workers) // 2) and workers[0] != "0", workers
+    assert set(workers[1::2]) == {"0000000000000000"}, workers
+    # A body larger than the in-memory buffer goes through a temp file: the tmpfs works for nginx's user.
+    status, _, _ = fetch(stack.port, "/calc", "POST", b" " * 200_000, {"Content-Type": "application/json"})
+    assert status == 413  # the server's own limit (16 KiB), so the whole body reached it through nginx
+    # A reload (what the upstream watcher does) re-renders nothing and keeps serving.
+    stack.compose("kill", "-s", "HUP", "nginx")
+    poll(lambda: fetch(stack.port, "/add/2/3")[::2] == (200, b"5"), 15, "an answer after the reload")
+    assert "[emerg]" not in stack.logs(nginx) and "[alert]" not in stack.logs(nginx)
+
+
+def test_every_container_has_memory_and_cpu_limits(stack):
+    limits = {"server": (256 * 2**20, 10**9), "nginx": (128 * 2**20, 10**9)}  # docker-compose.yml's defaults
+    for service, expected in limits.items():
+        for container in stack.containers(service):
+            got = stack.inspect(container, "{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}}")
+            assert tuple(map(int, got.split())) == expected, (service, got)
 
 
 def test_nginx_health(stack):
@@ -327,6 +402,27 @@ def test_down_leaves_nothing_behind(stack):
         pytest.fail("something still answers on the published port")
 
 
+def test_compose_v1_with_docker_compose_wait():
+    """The Compose v1 path (Debian's docker-compose 1.29, docker-compose-wait) still brings up a working stack."""
+    docker = docker_engine()
+    compose = require_tool("docker-compose", "the Compose v1 path is tested with Debian's docker-compose")
+    port = free_port()
+    stack = Stack(docker, [compose], f"calctest-v1-{uuid.uuid4().hex[:10]}", compose_env(docker, port), port)
+    try:
+        stack.compose("up", "-d", "--build", timeout=600)
+        stack.wait_with_docker_compose_wait()
+        poll(lambda: stack.all_healthy(2), 60, "every container healthy")
+        status, headers, body = fetch(port, "/add/2/3")
+        assert (status, body) == (200, b"5")
+        in_nginx, in_server = poll(lambda: stack.addresses_logged(headers["x-request-id"]), 15, "the request logged")
+        assert in_server == in_nginx
+        (server,) = stack.containers("server")
+        assert stack.inspect(server, "{{.HostConfig.Memory}}") == str(256 * 2**20)
+    finally:
+        stack.compose("down", "-v", "--remove-orphans", "--rmi", "local", timeout=180, check=False)
+    assert stack.containers(all_states=True) == []
+
+
 # -- the compose file itself ------------------------------------------------------------------------------------
 
 def test_compose_file_is_spec_format_with_a_loadtest_profile():
@@ -345,3 +441,77 @@ def test_compose_file_is_spec_format_with_a_loadtest_profile():
     assert any(str(port).endswith(":18089:8089/tcp") for port in locust["ports"])
     assert locust["depends_on"] == {"nginx": {"condition": "service_healthy"}}
     assert config["services"]["nginx"]["depends_on"] == {"server": {"condition": "service_healthy"}}
+
+
+def compose_config(**variables: str) -> dict:
+    """``docker compose config`` (v2) of docker-compose.yml with the loadtest profile, in a clean environment."""
+    docker = require_tool("docker", "Compose v2 renders the compose file")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("CALC_", "NGINX_", "LOCUST_", "SERVER_", "COMPOSE_", "PYTHON_IMAGE"))}
+    compose = compose_command(docker)
+    proc = run([*compose, "-f", str(ROOT / "docker-compose.yml"), "--profile", "loadtest", "config",
+                "--format", "json"], env={**env, **variables})
+    return json.loads(proc.stdout)
+
+
+def test_server_environment_defaults_match_the_image_and_config():
+    """Every CALC_ variable has a default in the compose file, equal to the one the server would use anyway.
+
+    A bare ``CALC_X:`` entry is dropped when the shell does not set it, so a value the image sets (the
+    trusted proxy ranges) was lost and the server logged nginx's address instead of the client's.
+    """
+    from server.config import OPTIONS
+
+    image_env = dict(re.findall(r"(CALC_\w+)=(\S+)", (ROOT / "Dockerfile").read_text()))
+    assert "CALC_FORWARDED_ALLOW_IPS" in image_env
+    environment = compose_config()["services"]["server"]["environment"]
+    assert environment and all(value not in (None, "") for value in environment.values()), environment
+    options = {option.env: option for option in OPTIONS}
+    for name, value in environment.items():
+        option = options[name]
+        expected = option.parse(image_env[name]) if name in image_env else option.default
+        assert option.parse(value) == expected, f"{name}: compose says {value!r}, the server would use {expected!r}"
+    # A value from the shell still wins.
+    assert compose_config(CALC_THREADS="3")["services"]["server"]["environment"]["CALC_THREADS"] == "3"
+
+
+def test_limits_binds_and_images_follow_variables():
+    services = compose_config()["services"]
+    for name, service in services.items():
+        assert service.get("mem_limit") and service.get("cpus"), f"{name} has no memory or CPU limit"
+        assert service.get("security_opt") == ["no-new-privileges:true"], name
+        assert service.get("cap_drop") == ["ALL"] and service.get("read_only") is True, name
+    (locust_port,) = services["locust"]["ports"]
+    assert locust_port["host_ip"] == "127.0.0.1"  # the Locust web UI has no login
+    (nginx_port,) = services["nginx"]["ports"]
+    assert nginx_port["host_ip"] == "0.0.0.0"  # nginx is the edge, on every interface by design
+    repository, _, tag = services["locust"]["image"].partition(":")
+    assert repository == "locustio/locust" and re.fullmatch(r"\d+\.\d+\.\d+", tag), services["locust"]["image"]
+    changed = compose_config(SERVER_MEM_LIMIT="300m", SERVER_CPUS="0.5", NGINX_MEM_LIMIT="64m", NGINX_CPUS="2",
+                             LOCUST_MEM_LIMIT="1g", LOCUST_CPUS="1.5", LOCUST_BIND="0.0.0.0")["services"]
+    assert (changed["server"]["cpus"], changed["nginx"]["cpus"], changed["locust"]["cpus"]) == (0.5, 2, 1.5)
+    assert changed["server"]["mem_limit"] == str(300 * 2**20)
+    assert changed["nginx"]["mem_limit"] == str(64 * 2**20)
+    assert changed["locust"]["mem_limit"] == str(2**30)
+    assert changed["locust"]["ports"][0]["host_ip"] == "0.0.0.0"
+
+
+# compose-lint findings above "low" that are deliberate; docs/compose-hardening.md explains each.
+DELIBERATE = {("CL-0005", "nginx"), ("CL-0019", "nginx"), ("CL-0019", "locust")}
+
+
+def test_compose_lint_finds_nothing_above_low_but_what_is_explained():
+    linter = require_tool("compose-lint", "pip install -r requirements-test.txt installs it")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NGINX_", "LOCUST_", "COMPOSE_"))}
+    proc = run([linter, "check", "--format", "json", "--fail-on", "critical", str(ROOT / "docker-compose.yml")],
+               check=False, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    assert not report["errors"], report["errors"]
+    findings = report["findings"]
+    above_low = {(f["rule_id"], f["service"]) for f in findings if f["severity"].lower() not in ("low", "info")}
+    print(f"compose-lint: {len(findings)} findings; above low: {sorted(above_low)}")
+    assert above_low <= DELIBERATE, sorted(above_low - DELIBERATE)
+    docs = (ROOT / "docs" / "compose-hardening.md").read_text()
+    for rule, service in DELIBERATE:
+        assert rule in docs and service in docs

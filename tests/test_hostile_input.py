@@ -119,6 +119,8 @@ SMUGGLING = [
     ("tab-in-target", b"GET /add/1\t/2 HTTP/1.1\r\n" + HOST + b"\r\n", 400),
     ("space-in-target", b"GET /add/1 /2 HTTP/1.1\r\n" + HOST + b"\r\n", 400),
     ("fragment-in-target", b"GET /add/1/2#x HTTP/1.1\r\n" + HOST + b"\r\n", 400),
+    ("utf8-in-target", b"GET /add/\xc3\xa0/2 HTTP/1.1\r\n" + HOST + b"\r\n", 400),
+    ("latin1-in-target", b"GET /add/1/2?x=\xe9 HTTP/1.0\r\n\r\n", 400),
     # Request line: method token, separators, version.
     ("method-paren", b"G(T /add/1/2 HTTP/1.1\r\n" + HOST + b"\r\n", 400),
     ("method-nul", b"G\x00T /add/1/2 HTTP/1.1\r\n" + HOST + b"\r\n", 400),

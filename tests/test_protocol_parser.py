@@ -148,6 +148,14 @@ def test_malformed_requests_are_rejected_with_the_right_status(data, status):
     assert error.detail
 
 
+@pytest.mark.parametrize("target", [b"/\xc3\xa0", b"/add/\xff/1", b"/a?q=\x80", b"http://a.example/\xe9"])
+def test_raw_non_ascii_octets_in_the_target_are_rejected_with_a_clear_400(target):
+    """RFC 9112 3.2 and RFC 3986 2: a target is ASCII; anything else is percent-encoded by the client."""
+    for version in (b"HTTP/1.1\r\nHost: a", b"HTTP/1.0"):
+        error = parse_error(b"GET " + target + b" " + version + b"\r\n\r\n")
+        assert error.status == 400 and "ASCII" in error.detail and "percent-encode" in error.detail
+
+
 def test_limits():
     limits = Limits(max_request_line=100, max_header_count=3, max_header_size=50, max_headers_total=200,
                     max_body_size=10, max_chunk_ext=20)

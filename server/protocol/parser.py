@@ -18,7 +18,8 @@ from .limits import Limits
 
 _TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
 # Over the decoded head; includes the line's CRLF so the match ends where the headers start.
-_REQUEST_LINE_TEXT = re.compile(r"(" + _TCHAR.decode() + r"+) ([^\x00-\x20\x7f]+) HTTP/([0-9])\.([0-9])\r\n")
+# The target is visible ASCII only (RFC 9112 3.2, RFC 3986 2): other octets must be percent-encoded.
+_REQUEST_LINE_TEXT = re.compile(r"(" + _TCHAR.decode() + r"+) ([!-~]+) HTTP/([0-9])\.([0-9])\r\n")
 _ANY_VERSION = re.compile(rb"\S+ \S+ HTTP/[0-9]+\.[0-9]+")
 # A field value may hold HTAB, SP, visible ASCII and obs-text; never other controls.
 _FIELD = re.compile(rb"(" + _TCHAR + rb"+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*)")
@@ -480,6 +481,8 @@ def _request_line_error(line: bytes) -> ProtocolError:
         return ProtocolError(400, "invalid characters in the request method")
     if not target or any(b <= 0x20 or b == 0x7F for b in target):
         return ProtocolError(400, "invalid characters in the request target")
+    if not target.isascii():
+        return ProtocolError(400, "the request target must be ASCII; percent-encode other octets (RFC 3986)")
     return ProtocolError(400, f"malformed HTTP version {version[:20].decode('latin-1')!r}")
 
 

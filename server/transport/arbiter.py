@@ -12,7 +12,9 @@ import select
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
+from typing import Protocol
 
 from .listener import Listener
 
@@ -20,10 +22,22 @@ _RESPAWN_WINDOW = 10.0  # seconds
 _RESPAWN_BURST = 10  # deaths within the window before the master backs off
 
 
+class WorkerHooks(Protocol):
+    """Told about every worker's life (the metrics' slot bookkeeping uses it)."""
+
+    def before_fork(self) -> None: ...
+
+    def spawned(self, pid: int) -> None: ...
+
+    def exited(self, pid: int) -> None: ...
+
+
 class Arbiter:
     def __init__(self, listeners: list[Listener], workers: int, graceful_timeout: float,
-                 run_worker: Callable[[], int]) -> None:
+                 run_worker: Callable[[], int], hooks: WorkerHooks | None = None) -> None:
         self.listeners = listeners
+        self.hooks = hooks
+        self.restarts: Counter[str] = Counter()  # workers replaced, by reason (read by the metrics)
         self.size = workers
         self.graceful_timeout = graceful_timeout
         self.run_worker = run_worker
@@ -58,6 +72,8 @@ class Arbiter:
         self.stopping = True
 
     def _spawn(self) -> None:
+        if self.hooks is not None:
+            self.hooks.before_fork()
         pid = os.fork()
         if pid == 0:  # the worker
             status = 1
@@ -77,6 +93,8 @@ class Arbiter:
                 sys.stderr.flush()
                 os._exit(status)
         self.children[pid] = time.monotonic()
+        if self.hooks is not None:
+            self.hooks.spawned(pid)
 
     def _reap(self) -> None:
         while True:
@@ -86,11 +104,14 @@ class Arbiter:
                 return
             if pid == 0:
                 return
+            if self.hooks is not None:
+                self.hooks.exited(pid)
             if self.children.pop(pid, None) is not None and not self.stopping:
                 code = os.waitstatus_to_exitcode(status)
                 how = f"signal {-code}" if code < 0 else f"exit status {code}"
                 print(f"server: worker {pid} died ({how}); starting a replacement", file=sys.stderr, flush=True)
                 self.deaths.append(time.monotonic())
+                self.restarts["crash"] += 1
 
     def _fill(self) -> None:
         now = time.monotonic()

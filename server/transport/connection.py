@@ -23,9 +23,11 @@ class SendTimeout(OSError):
 class Connection:
     """Whoever works on a connection holds its lock: the thread serving it, or the timeout sweep."""
 
-    __slots__ = ("closed", "dirty", "drain_deadline", "drained", "draining", "fd", "hangup", "head_started",
-                 "idle_since", "last_io", "lock", "out", "parser", "peer", "send_timeout", "sendfile_ok", "served",
-                 "set_aside", "sock")
+    __slots__ = ("answered", "closed", "dirty", "drain_deadline", "drained", "draining", "fd", "hangup",
+                 "head_started", "idle_since", "last_io", "lock", "out", "parser", "peer", "send_timeout", "served",
+                 "set_aside", "sock", "status")
+    is_tls = False  # a class attribute, overridden by tls.TLSConnection: plain sockets may use os.sendfile
+    sendfile_ok = True  # the kernel may copy a file to this socket itself (send_file); False under TLS
 
     def __init__(self, sock: socket.socket, peer: tuple[str, int], parser: RequestParser, now: float,
                  send_timeout: float) -> None:
@@ -47,7 +49,8 @@ class Connection:
         self.drain_deadline = 0.0
         self.drained = 0
         self.out = b""  # whole answers held back by send_response; every other write sends these first
-        self.sendfile_ok = True  # the kernel may copy files to this socket itself (not so under TLS)
+        self.status = 0  # the last answer's status code and size, set by the WSGI runner (for metrics)
+        self.answered = 0
 
     def send_response(self, data: bytes) -> None:
         """A whole answer: hold it (up to HOLD_LIMIT) so the reactor writes it with the others of its batch.

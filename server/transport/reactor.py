@@ -42,11 +42,12 @@ import socket
 import sys
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from time import monotonic
 
 from ..accesslog import AccessLog
 from ..config import Settings
+from ..metrics import Recorder
 from ..protocol import Phase, ProtocolError, RequestParser
 from ..protocol.writer import CONTINUE, error_response
 from ..wsgi import WSGIRunner
@@ -70,9 +71,10 @@ _ACCEPT_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 class _Worker:
     """A thread's seat: the gate it waits at while a follower, when its current call began, what it holds."""
 
-    __slots__ = ("busy_since", "gate", "held", "held_since", "thread")
+    __slots__ = ("busy_since", "gate", "held", "held_since", "stats", "thread")
 
-    def __init__(self) -> None:
+    def __init__(self, stats: Recorder | None) -> None:
+        self.stats = stats  # this thread's metrics row, None when metrics are off
         self.gate = threading.Lock()
         self.gate.acquire()
         self.busy_since = 0.0  # non-zero while inside a request; read by the monitor
@@ -85,7 +87,8 @@ class _Worker:
 
 class Reactor:
     def __init__(self, listeners: list[Listener], runner: WSGIRunner, settings: Settings,
-                 access_log: AccessLog | None, exclusive_accept: bool = False) -> None:
+                 access_log: AccessLog | None, exclusive_accept: bool = False,
+                 metrics: Sequence[Recorder] | None = None) -> None:
         # fd -> listener; emptied when the listeners are retired at shutdown
         self.listeners: dict[int, Listener] = {listener.fd: listener for listener in listeners}
         self.runner = runner
@@ -103,7 +106,9 @@ class Reactor:
         self._done = False
         self._stop_deadline = 0.0
         self._lock = threading.Lock()  # guards leadership changes
-        self._workers = [_Worker() for _ in range(settings.threads)]
+        # Metrics rows: one per worker thread, the last for the main thread (timeouts and gauges).
+        self._workers = [_Worker(metrics[i] if metrics else None) for i in range(settings.threads)]
+        self._stats = metrics[-1] if metrics else None
         self._idle: list[_Worker] = []
         self._leader: _Worker | None = None
         self._accept_paused_until = 0.0
@@ -214,6 +219,8 @@ class Reactor:
             for fd in self.listeners:
                 self.poller.watch(fd, exclusive=self._exclusive)
         settings = self.settings
+        stats = self._stats
+        idle = 0
         for conn in list(self.conns.values()):
             if not conn.lock.acquire(blocking=False):
                 continue  # a worker is serving it
@@ -229,6 +236,8 @@ class Reactor:
                     limit = settings.keepalive_timeout if conn.served else settings.header_timeout
                     if now - conn.idle_since > limit:
                         self._close(conn)
+                    else:
+                        idle += 1
                 elif phase is Phase.HEAD:
                     started = conn.head_started or conn.idle_since
                     if now - started > settings.header_timeout:
@@ -239,6 +248,8 @@ class Reactor:
                         408, f"request body stalled for more than {settings.body_timeout:g} s"), now)
             finally:
                 conn.lock.release()
+        if stats is not None:
+            stats.gauges(len(self.conns), idle, sum(1 for worker in self._workers if worker.busy_since))
 
     def _shutdown_step(self, now: float) -> bool:
         """Stop accepting, close idle connections, let in-flight ones finish; True when done."""
@@ -323,7 +334,7 @@ class Reactor:
         while self._leader is me and not self._done:
             if self.stopping and self.listeners:
                 for fd in list(self.listeners):
-                    self._accept(fd)
+                    self._accept(fd, me.stats)
                 self._retire_listener()
             if not backlog:
                 for worker in workers:
@@ -344,7 +355,7 @@ class Reactor:
                 fd, events = item
                 conn = conns.get(fd)
                 if conn is None:
-                    self._dispatch_other(fd)
+                    self._dispatch_other(fd, me)
                     continue
                 if events & _HANGUP:
                     conn.hangup = True  # data and FIN can come as one event: read until the EOF shows
@@ -357,9 +368,9 @@ class Reactor:
             take(conn, me)  # if its owner is busy, the owner sees the flag and carries on
         self._flush(me)  # demoted or stopping: what this thread holds must not wait for it to lead again
 
-    def _dispatch_other(self, fd: int) -> None:
+    def _dispatch_other(self, fd: int, me: _Worker) -> None:
         if fd in self.listeners:
-            self._accept(fd)
+            self._accept(fd, me.stats)
         elif fd == self._wake_r:
             with contextlib.suppress(OSError):
                 os.read(self._wake_r, 4096)
@@ -446,12 +457,13 @@ class Reactor:
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"\0")
 
-    def _accept(self, fd: int) -> None:
+    def _accept(self, fd: int, stats: Recorder | None) -> None:
         listener = self.listeners.get(fd)
         if listener is None:
             return
         accept = listener.sock.accept
         tcp = listener.kind == "tcp"
+        make = listener.extra.get("connection", Connection)  # TLS, PROXY protocol: see tls.connection_factory
         now = monotonic()
         for _ in range(64):
             try:
@@ -469,6 +481,8 @@ class Reactor:
             sock.setblocking(False)
             if len(self.conns) >= self.settings.max_connections:
                 self._refuse(sock)
+                if stats is not None:
+                    stats.refused(len(self._overload))
                 continue
             if tcp:
                 with contextlib.suppress(OSError):
@@ -476,11 +490,13 @@ class Reactor:
                 peer = peer[:2]
             else:
                 peer = UNIX_PEER
-            conn = Connection(sock, peer, RequestParser(self.limits), now, self.settings.send_timeout)
+            conn = make(sock, peer, RequestParser(self.limits), now, self.settings.send_timeout)
             if not self.conns:
                 self._wake_main()  # from now on stalls need watching: switch to the short tick
             self.conns[conn.fd] = conn
             self.poller.add(conn.fd)
+            if stats is not None:
+                stats.accepted()
 
     def _retire_listener(self) -> None:
         with self._lock:  # the leader and, past the deadline, the main thread may both get here
@@ -521,6 +537,8 @@ class Reactor:
         except OSError:
             self._close(conn)
             return False
+        if me.stats is not None:
+            me.stats.received(len(data))
         if conn.draining:
             conn.drained += len(data)
             if data and conn.drained < _DRAIN_LIMIT:
@@ -553,6 +571,7 @@ class Reactor:
         """
         parser = conn.parser
         runner = self.runner
+        stats = me.stats
         try:
             for _ in range(self._max_pipeline):
                 try:
@@ -570,7 +589,9 @@ class Reactor:
                 finally:
                     me.busy_since = 0.0
                 conn.served += 1
-                now = monotonic()
+                started, now = now, monotonic()
+                if stats is not None:
+                    stats.request(request.method, conn.status, now - started, conn.answered)
                 conn.idle_since = conn.last_io = now
                 conn.head_started = None
                 if not keep:
@@ -614,6 +635,9 @@ class Reactor:
         else:
             conn.out += response
             self._write_out(conn, me)
+        stats = self._stats if me is None else me.stats
+        if stats is not None:
+            stats.protocol_error(error.status, len(response))
         if self.access_log is not None:
             self.access_log.log(conn.peer[0], "-", "-", "-", error.status, 0, 0.0, None, None, None)
         conn.start_draining(now)

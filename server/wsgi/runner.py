@@ -33,6 +33,11 @@ class Sink(Protocol):
     def send_response(self, data: bytes) -> None:
         """A whole answer; the transport may hold it briefly to write it together with others."""
 
+    # Set by the runner once an answer is complete, for the transport's metrics: its status code and
+    # the bytes handed over (head included).
+    status: int
+    answered: int
+
     # Optional, looked up with getattr: ``sendfile_ok`` (bool) says whether ``send_file`` may be used;
     # ``send_file(head, fd, offset, count) -> int`` writes the head and then count bytes of the file
     # from offset (returns fewer only when the file ends first).
@@ -62,18 +67,24 @@ class ResponseAborted(Exception):
 class _Exchange:
     """The state of one request/response pair as the application drives it."""
 
-    __slots__ = ("bytes_sent", "fields", "hint", "keep_alive", "plan", "request", "runner", "send", "status")
+    __slots__ = ("_send", "bytes_sent", "fields", "hint", "keep_alive", "plan", "request", "runner", "status",
+                 "wrote")
 
     def __init__(self, runner: WSGIRunner, request: Request, send: Send, keep_alive: bool) -> None:
         self.runner = runner
         self.request = request
-        self.send = send
+        self._send = send
+        self.wrote = 0  # bytes handed to the sink, head and framing included
         self.keep_alive = keep_alive
         self.status: str | None = None
         self.fields: Fields | None = None
         self.plan: ResponsePlan | None = None
         self.bytes_sent = 0
         self.hint: int | None = None  # the body's size if known before it is sent (a file's)
+
+    def send(self, data: bytes) -> None:
+        self.wrote += len(data)
+        self._send(data)
 
     def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable:
         if exc_info is not None:
@@ -166,29 +177,37 @@ class WSGIRunner:
                 if plan.send_body and body:
                     exchange.bytes_sent = len(body)
                     sink.send_response(plan.head + body)
+                    sink.answered = len(plan.head) + len(body)
                 else:
                     sink.send_response(plan.head)
+                    sink.answered = len(plan.head)
             elif type(result) is FileWrapper and exchange.fields is not None:
                 self._send_file(result, exchange, sink)
                 plan = exchange.plan
+                sink.answered = exchange.wrote
             else:
                 self._stream(result, exchange)
                 plan = exchange.plan
+                sink.answered = exchange.wrote
             keep = exchange.keep_alive and plan.keep_alive
         except ResponseAborted as exc:
             print(f"wsgi: {request.method} {request.target}: {exc}; closing the connection", file=sys.stderr)
             keep = False
+            sink.answered = exchange.wrote
         except OSError:
             raise
         except Exception:
             traceback.print_exc(file=sys.stderr)
             keep = False
+            sink.answered = exchange.wrote
             if exchange.plan is None:
                 exchange.status = None
-                sink.send_response(error_response(500, "the application failed; the error is in the server log",
-                                    date=self.dates.now(), server=self.server_header))
+                answer = error_response(500, "the application failed; the error is in the server log",
+                                        date=self.dates.now(), server=self.server_header)
+                sink.send_response(answer)
+                sink.answered = len(answer)
+        status = sink.status = exchange.fields[1] if exchange.status is not None else 500  # type: ignore[index]
         if log is not None:
-            status = int(exchange.status[:3]) if exchange.status else 500
             log.log(env["REMOTE_ADDR"], request.method, request.target, request.version, status,
                     exchange.bytes_sent, time.perf_counter() - started, request.header("referer"),
                     request.header("user-agent"), request.header("x-request-id"))
@@ -206,8 +225,11 @@ class WSGIRunner:
                 plan = exchange.begin(available)
                 if not plan.send_body:
                     sink.send_response(plan.head)
+                    exchange.wrote = len(plan.head)
                     return
+                exchange.wrote = len(plan.head)  # counted as handed over even if the client leaves midway
                 exchange.bytes_sent = sent = sink.send_file(plan.head, fd, offset, length)
+                exchange.wrote += sent
                 if sent < length:
                     raise ResponseAborted(f"the file ended after {sent} of its {length} bytes")
                 return

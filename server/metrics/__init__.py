@@ -1,0 +1,121 @@
+"""Prometheus metrics for the whole server, counted lock-free in shared memory and read at scrape time.
+
+Why shared memory. With ``--workers N`` the requests are served by N forked
+processes, but a scrape must describe the whole server. The master creates one
+anonymous ``MAP_SHARED`` mapping before it forks anything; every worker
+inherits it and writes its counts there, and the master (which serves
+``/metrics`` from a thread of its own) reads them all at scrape time. Nothing
+travels between processes per request and nothing waits for a scrape: a
+worker's side is a store into memory. The alternative, the master asking each
+worker over a pipe, would put a message exchange into every scrape, an answer
+path into every worker's event loop, and lose whatever a worker counted since
+it was last asked when it crashes.
+
+Why rows per thread. Each serving thread (and the main thread) owns one row of
+64-bit cells and is its only writer, so an increment is a plain read-add-write
+with no lock and nothing can be lost between threads, whatever the
+interpreter's switching rules are. The reader sums the rows. Each label value
+has a fixed cell (``layout``): methods outside the standard nine count as
+``OTHER`` and unregistered statuses under their class, which also bounds what
+a client can make us store.
+
+Workers that die. A worker's cells outlive it, because the master maps them
+too. When the master reaps a worker (crash, SIGKILL, recycling) it adds that
+slot's counters to a "retired" total kept in its own memory and frees the slot
+for the replacement, so counters never go backwards, and not even the last
+requests of a killed worker are lost. Gauges (open and idle connections, busy
+threads) describe live processes only, so a dead worker's are dropped.
+
+What is summed and what is sampled. Counters and the histogram are summed
+over every thread of every worker, past ones included; gauges are summed over
+the live workers. The gauges are sampled by each worker's main thread during
+its timeout sweep, 4 times a second, so they can be up to 0.25 s old; that
+keeps them off the request path entirely.
+
+The trade-off. The layout is fixed: a new label value means a new cell, and
+a status code the registry does not know is reported by class only. The
+mapping has room for ``2 * workers + 2`` slots (old and new workers overlap
+during a reload); a worker started when all are taken counts nothing and says
+so. A reading can see one thread's request counted but not yet its histogram
+bucket (they are separate stores); the next scrape agrees again. The master
+runs the endpoint in a thread and forks while it runs; the children never
+touch the endpoint's or the store's locks, which is what makes that safe.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Callable, Mapping
+
+from . import exposition, process
+from .endpoint import MetricsEndpoint
+from .store import Recorder, SharedStore
+
+__all__ = ["Metrics", "Recorder"]
+
+
+class Metrics:
+    """One server's metrics: made before any fork, then shared by the master and every worker."""
+
+    def __init__(self, workers: int, threads: int) -> None:
+        self.threads = threads
+        self.store = SharedStore(1 if workers == 1 else 2 * workers + 2, threads)
+        self.restarts: Callable[[], Mapping[str, int]] = dict  # the master's counts by reason, when it has one
+        self.endpoint: MetricsEndpoint | None = None
+        self._slot: int | None = None
+        self._cpu = 0.0
+
+    def listen(self, host: str, port: int) -> MetricsEndpoint:
+        """Bind the metrics listener (raises OSError); ``start()`` it once the server is set up."""
+        infos = socket.getaddrinfo(host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+        family, _, _, _, address = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(16)
+        except OSError:
+            sock.close()
+            raise
+        self.endpoint = MetricsEndpoint(sock, self.scrape)
+        return self.endpoint
+
+    def scrape(self) -> bytes:
+        totals = self.store.totals()
+        workers = [pid for pid in self.store.pids() if pid != os.getpid()]
+        values = process.read(workers)
+        # A dead worker's CPU time moves from /proc to the kernel's total for reaped children, which
+        # rounds differently by a clock tick or so: never report less than before.
+        self._cpu = values["process_cpu_seconds_total"] = max(self._cpu, values["process_cpu_seconds_total"])
+        return exposition.render(totals, threads=self.threads, restarts=self.restarts(), process=values)
+
+    # -- the pre-fork master's hooks (see transport.arbiter) ----------------------------------------------
+
+    def before_fork(self) -> None:
+        self._slot = self.store.claim()
+        if self._slot is None:
+            print("server: metrics: no free slot for a new worker; its requests will not be counted",
+                  file=sys.stderr, flush=True)
+
+    def spawned(self, pid: int) -> None:
+        self.store.assign(self._slot, pid)
+
+    def exited(self, pid: int) -> None:
+        self.store.retire(pid)
+
+    # -- in a serving process -----------------------------------------------------------------------------
+
+    def worker_started(self) -> None:
+        """In a forked worker: drop the inherited copy of the master's metrics listener."""
+        if self.endpoint is not None:
+            self.endpoint.close()
+            self.endpoint = None
+
+    def single_process(self) -> None:
+        """Without a master: this process is the only worker."""
+        self.store.use_alone(os.getpid())
+
+    def recorders(self) -> list[Recorder] | None:
+        return self.store.recorders()

@@ -1,0 +1,173 @@
+"""The documentation: the site builds strictly, generated parts follow the code, transcripts are real.
+
+The site is built once per session with ``mkdocs build --strict`` into a temporary directory (never
+into the repository), as CI does; the checks below read the HTML it wrote.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, require_tool
+
+from server import config
+from server.calculator import openapi
+
+DOC_FILES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
+
+
+def mkdocs_build(config_file: Path, site_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(config_file),
+                           "--site-dir", str(site_dir)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    site_dir = tmp_path_factory.mktemp("site")
+    result = mkdocs_build(ROOT / "mkdocs.yml", site_dir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return site_dir
+
+
+def page_text(site: Path, page: str) -> str:
+    """The visible text of a built page, entities decoded, tags dropped."""
+    return html.unescape(re.sub(r"<[^>]+>", "", (site / page / "index.html").resolve().read_text()))
+
+
+def test_site_builds_strictly_with_every_page(site: Path):
+    for name in ["api", "configuration", "deployment", "load-testing", "benchmarks", "internals"]:
+        assert (site / name / "index.html").exists(), name
+    assert (site / "results" / "latest" / "index.html").exists()
+    assert not (ROOT / "site").exists(), "the build must not write into the repository"
+
+
+def test_home_page_lists_every_page_with_what_it_is_for(site: Path):
+    """The list on the home page is generated from the nav, so a page added there is listed too."""
+    home = (site / "index.html").read_text()
+    for page in (ROOT / "docs").glob("*.md"):
+        if page.name != "index.md":
+            assert f'href="{page.stem}/"' in home, page.name
+    assert "Use this page to" not in page_text(site, ".")
+
+
+def test_configuration_page_lists_every_setting_from_the_code(site: Path):
+    text = page_text(site, "configuration")
+    for option in config.OPTIONS:
+        assert option.flag in text and option.env in text and option.help.split(";")[0] in text, option.name
+        if option.is_switch:
+            assert option.negative_flag in text, option.name
+
+
+def test_api_page_is_generated_from_the_openapi_document(site: Path):
+    text = page_text(site, "api")
+    document = openapi.document()
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            assert f"{method.upper()} {path}" in text and operation["summary"].replace("`", "") in text, path
+    for uri in document["components"]["schemas"]["Problem"]["properties"]["type"]["enum"]:
+        assert uri in text, uri
+    for schema in document["components"]["schemas"]:
+        assert schema in text
+
+
+def test_strict_build_fails_on_a_broken_link_and_a_missing_page(tmp_path: Path):
+    """The CI check has teeth: the same configuration refuses a dangling link or nav entry."""
+    for name in ["mkdocs.yml", "server", "results"]:
+        (tmp_path / name).symlink_to(ROOT / name)
+    shutil.copytree(ROOT / "docs", tmp_path / "docs")
+    (tmp_path / "docs" / "api.md").write_text((ROOT / "docs" / "api.md").read_text() + "\n[gone](no-such-page.md)\n")
+    result = mkdocs_build(tmp_path / "mkdocs.yml", tmp_path / "site")
+    assert result.returncode != 0 and "no-such-page.md" in result.stdout + result.stderr
+
+    shutil.copytree(ROOT / "docs", tmp_path / "docs", dirs_exist_ok=True)
+    (tmp_path / "docs" / "api.md").write_text((ROOT / "docs" / "api.md").read_text())
+    (tmp_path / "docs" / "internals.md").unlink()
+    result = mkdocs_build(tmp_path / "mkdocs.yml", tmp_path / "site")
+    assert result.returncode != 0 and "internals.md" in result.stdout + result.stderr
+
+
+def test_readme_is_a_short_front_page_whose_links_resolve(site: Path):
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) < 200
+    assert "```mermaid" in readme
+    links = re.findall(r"\]\(([^)\s]+)\)", readme)
+    assert any(link.startswith("docs/") for link in links)
+    for link in links:
+        if "://" in link:
+            continue
+        target, _, anchor = link.partition("#")
+        assert (ROOT / target).exists(), link
+        if anchor and target.startswith("docs/"):
+            built = site / target.removeprefix("docs/").removesuffix(".md") / "index.html"
+            assert f'id="{anchor}"' in built.read_text(), link
+
+
+def transcripts() -> list[tuple[str, str, list[str]]]:
+    """(file, command, expected output lines) for every ``$ curl`` or ``$ python3 -m server ...`` shown
+    in a console block that can run against a local server (the compose stack's port 8080 is tested
+    by tests/test_compose.py)."""
+    found = []
+    for path in DOC_FILES:
+        for block in re.findall(r"```console\n(.*?)```", path.read_text(), re.DOTALL):
+            command = None
+            for line in block.splitlines():
+                if line.startswith("$ "):
+                    command = line[2:]
+                    found.append((path.name, command, []))
+                elif command is not None:
+                    found[-1][2].append(line)
+    def runnable(command: str, expected: list[str]) -> bool:
+        if command.startswith("curl "):
+            return "localhost:8000" in command
+        return command.startswith("python3 -m server ") and any("error:" in line for line in expected)
+
+    return [entry for entry in found if runnable(entry[1], entry[2])]
+
+
+def matches(expected: list[str], actual: list[str]) -> bool:
+    """Line by line; a line ``...`` in the transcript stands for any lines the reader need not see."""
+    if not expected:
+        return not actual
+    if expected[0] == "...":
+        return any(matches(expected[1:], actual[i:]) for i in range(len(actual) + 1))
+    return bool(actual) and expected[0] == actual[0] and matches(expected[1:], actual[1:])
+
+
+TRANSCRIPTS = transcripts()
+
+
+@pytest.mark.parametrize(("page", "command", "expected"), TRANSCRIPTS,
+                         ids=[f"{page}:{command[:60]}" for page, command, _ in TRANSCRIPTS])
+def test_transcript_in_the_docs_is_what_the_server_says(calc_server, page, command, expected):
+    if command.startswith("curl "):
+        require_tool("curl", "the docs show curl transcripts")
+    argv = shlex.split(command.replace("localhost:8000", f"127.0.0.1:{calc_server.port}"))
+    if argv[0] == "python3":
+        argv[0] = sys.executable
+    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=30,
+                            env={**{k: v for k, v in os.environ.items() if not k.startswith("CALC_")},
+                                 "COLUMNS": "100"})
+    if argv[0] == "curl":
+        assert result.returncode == 0, result.stderr
+        output = result.stdout
+    else:
+        output = result.stderr  # argparse errors
+    if "-i" in argv:  # headers trimmed in the docs: the status line, then the headers shown, in the response
+        head, _, body = output.partition("\n\n")  # text mode turned CRLF into LF
+        head_lines = head.split("\n")
+        blank = expected.index("")
+        assert expected[0] == head_lines[0]
+        for line in expected[1:blank]:
+            assert line in head_lines, line
+        assert expected[blank + 1:] == body.splitlines()
+    else:
+        assert matches(expected, output.splitlines()), f"{page}: {command}\n{output}"
