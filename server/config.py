@@ -122,6 +122,13 @@ def _binds(text: str) -> tuple[str, ...]:
     return items
 
 
+def _log_path(text: str) -> str:
+    """``-`` or a path; an empty value would otherwise open the current directory."""
+    if not text.strip():
+        raise ValueError("expected - (standard stream) or a file path")
+    return text
+
+
 def _umask(text: str) -> str:
     """Octal, as the umask command takes it; kept as text so the default (unset) reads as such."""
     text = text.strip()
@@ -226,6 +233,22 @@ OPTIONS: tuple[Option, ...] = (
     Option("ciphers", "", str, "OpenSSL cipher list for TLS 1.2; empty for OpenSSL's defaults."),
     Option("proxy_protocol", False, _bool,
            "Peers in --forwarded-allow-ips must open with a PROXY protocol v1/v2 header; its address is the client."),
+    # --- process management: reload, recycle, worker timeout, log files (issue 12) ---
+    Option("master", False, _bool,
+           "Supervise even one worker from a master process, so SIGHUP reloads the code without downtime "
+           "(implied by --workers above 1, --reload and --max-requests)."),
+    Option("max_requests", 0, _non_negative_int,
+           "Replace a worker gracefully after it served this many requests (plus jitter); 0 never does."),
+    Option("max_requests_jitter", 0, _non_negative_int,
+           "Up to this many requests added at random to each worker's --max-requests, so they do not all "
+           "recycle at once."),
+    Option("worker_timeout", 30.0, _seconds,
+           "Seconds a worker's event loop may miss its heartbeat before the master kills and replaces it "
+           "(master mode); a slow request does not count."),
+    Option("reload", False, _bool,
+           "Development: watch the application's .py files and reload the workers when one changes."),
+    Option("access_logfile", "-", _log_path, "Access-log destination: - for stdout, or a file (SIGUSR1 reopens it)."),
+    Option("error_logfile", "-", _log_path, "Error-log destination: - for stderr, or a file (SIGUSR1 reopens it)."),
 )
 
 
@@ -268,6 +291,19 @@ class Settings:
     cert_reqs: str = "none"
     ciphers: str = ""
     proxy_protocol: bool = False
+    # --- process management: reload, recycle, worker timeout, log files (issue 12) ---
+    master: bool = False
+    max_requests: int = 0
+    max_requests_jitter: int = 0
+    worker_timeout: float = 30.0
+    reload: bool = False
+    access_logfile: str = "-"
+    error_logfile: str = "-"
+
+    @property
+    def supervised(self) -> bool:
+        """Whether a master process runs the workers (see server/transport/arbiter.py)."""
+        return self.master or self.workers > 1 or self.reload or self.max_requests > 0
 
     def limits(self) -> Limits:
         """The parser's share of the settings."""

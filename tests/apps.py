@@ -28,6 +28,7 @@ def echo(environ, start_response):
         "content_type": environ.get("CONTENT_TYPE"),
         "host": environ.get("HTTP_HOST"),
         "headers": {k: v for k, v in environ.items() if k.startswith("HTTP_")},
+        "tls": {k: v for k, v in environ.items() if k.startswith("SSL_") or k == "HTTPS"},
         "body": body.decode("latin-1"),
         "pid": os.getpid(),
     }

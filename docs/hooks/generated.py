@@ -113,9 +113,11 @@ def schemas() -> str:
 
 
 def api_description() -> str:
-    """The document's own introduction (numbers, size bound, exactness), without its problem-type table."""
+    """The document's own introduction to numbers (syntax, size bound, exactness, results); its words on
+    errors and its problem-type table are left to the page's own Errors section."""
     text = openapi.document()["info"]["description"]
-    return text.split("\n**Problem types**")[0].strip()
+    numbers = re.split(r"\n\*\*(?:Errors|Problem types)\*\*", text)[0].strip()
+    return numbers.split("\n\n", 1)[-1]  # without the tagline the page's heading already says
 
 
 _NAV: list[Any] = []  # the site's nav, kept by on_config for the page list
