@@ -50,6 +50,13 @@ def test_site_builds_strictly_with_every_page(site: Path):
     assert not (ROOT / "site").exists(), "the build must not write into the repository"
 
 
+def test_no_page_has_two_headings_of_the_same_name(site: Path):
+    """Two headings alike get anchors #name and #name_1: a reader (and a link) cannot tell them apart."""
+    for page in site.rglob("index.html"):
+        ids = re.findall(r'<h[1-6] id="([^"]+)"', page.read_text())
+        assert len(ids) == len(set(ids)) and not [i for i in ids if re.search(r"_\d+$", i)], (page, ids)
+
+
 def test_home_page_lists_every_page_with_what_it_is_for(site: Path):
     """The list on the home page is generated from the nav, so a page added there is listed too."""
     home = (site / "index.html").read_text()
