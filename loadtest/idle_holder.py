@@ -1,6 +1,6 @@
 """Open many keep-alive connections to a server, make one request on each, then keep them idle.
 
-Used by loadtest/bench.py for the idle-connection table, and usable alone::
+Used by the benchmark (loadtest/bench/) for the idle-connection table, and usable alone::
 
     python3 loadtest/idle_holder.py --port 8000 --count 10000
 

@@ -122,6 +122,13 @@ def _binds(text: str) -> tuple[str, ...]:
     return items
 
 
+def _log_path(text: str) -> str:
+    """``-`` or a path; an empty value would otherwise open the current directory."""
+    if not text.strip():
+        raise ValueError("expected - (standard stream) or a file path")
+    return text
+
+
 def _umask(text: str) -> str:
     """Octal, as the umask command takes it; kept as text so the default (unset) reads as such."""
     text = text.strip()
@@ -132,6 +139,13 @@ def _umask(text: str) -> str:
     if not 0 <= value <= 0o777:
         raise ValueError(f"must be 000..777, got {text}")
     return text
+
+
+def _cert_reqs(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("none", "optional", "required"):
+        raise ValueError(f"expected none, optional or required, got {text!r}")
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,6 +223,32 @@ OPTIONS: tuple[Option, ...] = (
     # --- metrics (issue 13) ---
     Option("metrics_bind", "", _optional_bind,
            "HOST:PORT of a separate listener serving Prometheus metrics at /metrics; empty (default) for none."),
+    # --- TLS and the PROXY protocol (issue 11) ---
+    Option("certfile", "", str, "PEM certificate (chain); when set, TCP listeners speak TLS (https)."),
+    Option("keyfile", "", str, "PEM private key; empty when it is in the certfile."),
+    Option("keyfile_password_file", "", str, "File whose first line is the private key's passphrase."),
+    Option("ca_certs", "", str, "PEM bundle of the CAs that client certificates must chain to."),
+    Option("cert_reqs", "none", _cert_reqs,
+           "Client certificates: none, optional (verified if sent) or required; needs --ca-certs unless none."),
+    Option("ciphers", "", str, "OpenSSL cipher list for TLS 1.2; empty for OpenSSL's defaults."),
+    Option("proxy_protocol", False, _bool,
+           "Peers in --forwarded-allow-ips must open with a PROXY protocol v1/v2 header; its address is the client."),
+    # --- process management: reload, recycle, worker timeout, log files (issue 12) ---
+    Option("master", False, _bool,
+           "Supervise even one worker from a master process, so SIGHUP reloads the code without downtime "
+           "(implied by --workers above 1, --reload and --max-requests)."),
+    Option("max_requests", 0, _non_negative_int,
+           "Replace a worker gracefully after it served this many requests (plus jitter); 0 never does."),
+    Option("max_requests_jitter", 0, _non_negative_int,
+           "Up to this many requests added at random to each worker's --max-requests, so they do not all "
+           "recycle at once."),
+    Option("worker_timeout", 30.0, _seconds,
+           "Seconds a worker's event loop may miss its heartbeat before the master kills and replaces it "
+           "(master mode); a slow request does not count."),
+    Option("reload", False, _bool,
+           "Development: watch the application's .py files and reload the workers when one changes."),
+    Option("access_logfile", "-", _log_path, "Access-log destination: - for stdout, or a file (SIGUSR1 reopens it)."),
+    Option("error_logfile", "-", _log_path, "Error-log destination: - for stderr, or a file (SIGUSR1 reopens it)."),
 )
 
 
@@ -243,6 +283,27 @@ class Settings:
     umask: str = ""
     # --- metrics (issue 13) ---
     metrics_bind: str = ""
+    # --- TLS and the PROXY protocol (issue 11) ---
+    certfile: str = ""
+    keyfile: str = ""
+    keyfile_password_file: str = ""
+    ca_certs: str = ""
+    cert_reqs: str = "none"
+    ciphers: str = ""
+    proxy_protocol: bool = False
+    # --- process management: reload, recycle, worker timeout, log files (issue 12) ---
+    master: bool = False
+    max_requests: int = 0
+    max_requests_jitter: int = 0
+    worker_timeout: float = 30.0
+    reload: bool = False
+    access_logfile: str = "-"
+    error_logfile: str = "-"
+
+    @property
+    def supervised(self) -> bool:
+        """Whether a master process runs the workers (see server/transport/arbiter.py)."""
+        return self.master or self.workers > 1 or self.reload or self.max_requests > 0
 
     def limits(self) -> Limits:
         """The parser's share of the settings."""

@@ -28,6 +28,7 @@ def echo(environ, start_response):
         "content_type": environ.get("CONTENT_TYPE"),
         "host": environ.get("HTTP_HOST"),
         "headers": {k: v for k, v in environ.items() if k.startswith("HTTP_")},
+        "tls": {k: v for k, v in environ.items() if k.startswith("SSL_") or k == "HTTPS"},
         "body": body.decode("latin-1"),
         "pid": os.getpid(),
     }
@@ -148,6 +149,47 @@ def paced(environ, start_response):
     time.sleep(pause)
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(data)))])
     return [data]
+
+_batches = {"flushes": 0, "shared": 0}
+_batches_lock = threading.Lock()
+
+
+def _count_batches() -> None:
+    """Wrap the reactor's batch flush, in the server process that imports this module, to count batches.
+
+    A batch is "shared" when answers for two or more connections were held when it was written: the
+    case batched writes exist for, invisible from any one client. Only this test app pays for the count;
+    the server itself keeps no counter on its hot path.
+    """
+    from server.transport.reactor import Reactor
+
+    flush = Reactor._flush
+    if getattr(flush, "counting", False):
+        return
+
+    def counted(self, me):
+        _batches["flushes"] += 1
+        if sum(len(worker.held) for worker in self._workers) >= 2:
+            _batches["shared"] += 1
+        flush(self, me)
+
+    counted.counting = True
+    Reactor._flush = counted
+
+
+def batch_counting(environ, start_response):
+    """``paced``, plus GET /_batches: how many batches of held answers were written, and how many shared.
+
+    The count starts with the first request this app serves (other apps in this module stay uncounted).
+    """
+    with _batches_lock:
+        _count_batches()
+    if environ["PATH_INFO"] == "/_batches":
+        data = json.dumps(_batches).encode()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+        return [data]
+    return paced(environ, start_response)
+
 
 validated_echo = validator(echo)
 validated_streaming = validator(streaming)

@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -26,7 +27,7 @@ from urllib.parse import urlsplit
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-READY = re.compile(r"listening on http://(?P<host>\[[^\]]+\]|[^\s:]+):(?P<port>\d+)")
+READY = re.compile(r"listening on https?://(?P<host>\[[^\]]+\]|[^\s:]+):(?P<port>\d+)")
 LISTENING = re.compile(r"listening on (?P<addresses>.+?) \(pid (?P<pid>\d+)")  # every listener, any kind
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -52,10 +53,11 @@ class ServerProcess:
     lines: list[str] = field(default_factory=list)
     listening: list[str] = field(default_factory=list)  # the ready line's addresses: http://..., unix:/...
     _reader: threading.Thread | None = None
+    tls: ssl.SSLContext | None = None  # the client context, when the server speaks TLS
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     @property
     def address(self) -> tuple[str, int]:
@@ -82,7 +84,7 @@ class ServerProcess:
         raise AssertionError(f"no line matching {pattern!r} within {timeout}s; output:\n{self.output()}")
 
     def connect(self, timeout: float = 5.0) -> RawClient:
-        return RawClient.connect(self.address, timeout=timeout)
+        return RawClient.connect(self.address, timeout=timeout, tls=self.tls)
 
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
@@ -141,12 +143,30 @@ def start_server(*args: str, env: dict[str, str] | None = None, timeout: float =
 
 
 @pytest.fixture
-def server_factory() -> Iterator:
-    """Start servers with custom flags; all are stopped after the test."""
+def listener_kind() -> str:
+    """"plain" for every test; a test parametrized with ``both_listeners`` runs once more with "tls"."""
+    return "plain"
+
+
+both_listeners = pytest.mark.parametrize("listener_kind", ["plain", "tls"])
+
+
+@pytest.fixture
+def server_factory(listener_kind: str, request: pytest.FixtureRequest) -> Iterator:
+    """Start servers with custom flags; all are stopped after the test.
+
+    Under ``listener_kind == "tls"`` each server gets the test certificate and key, and its
+    ``connect()`` (and ``raw_factory``) speak TLS to it.
+    """
     started: list[ServerProcess] = []
+    certs = request.getfixturevalue("tls_certs") if listener_kind == "tls" else None
 
     def factory(*args: str, **kwargs) -> ServerProcess:
+        if certs is not None:
+            args = (*args, "--certfile", str(certs.server_cert), "--keyfile", str(certs.server_key))
         server = start_server(*args, **kwargs)
+        if certs is not None:
+            server.tls = certs.client_context()
         started.append(server)
         return server
 
@@ -175,8 +195,17 @@ class RawClient:
         self.buffer = b""
 
     @classmethod
-    def connect(cls, address: tuple[str, int], timeout: float = 5.0) -> RawClient:
-        return cls(socket.create_connection(address, timeout=timeout))
+    def connect(cls, address: tuple[str, int], timeout: float = 5.0, tls: ssl.SSLContext | None = None
+                ) -> RawClient:
+        """A TCP connection, or a TLS one (handshake done) when given a client context."""
+        sock = socket.create_connection(address, timeout=timeout)
+        if tls is not None:
+            try:
+                sock = tls.wrap_socket(sock, server_hostname="localhost")
+            except BaseException:
+                sock.close()
+                raise
+        return cls(sock)
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -262,10 +291,10 @@ class RawClient:
         self.sock.settimeout(timeout)
         try:
             return self.sock.recv(1) == b""
-        except ConnectionResetError:
-            return True
         except TimeoutError:
             return False
+        except (ConnectionResetError, ssl.SSLEOFError):
+            return True
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -301,12 +330,13 @@ def raw(calc_server: ServerProcess) -> Iterator[RawClient]:
 
 
 @pytest.fixture
-def raw_factory() -> Iterator:
-    """Open raw connections to any address; all closed after the test."""
+def raw_factory(listener_kind: str, request: pytest.FixtureRequest) -> Iterator:
+    """Open raw connections to any address (over TLS when the test runs on TLS listeners); closed after the test."""
     opened: list[RawClient] = []
+    tls = request.getfixturevalue("tls_certs").client_context() if listener_kind == "tls" else None
 
     def factory(address: tuple[str, int], timeout: float = 5.0) -> RawClient:
-        client = RawClient.connect(address, timeout=timeout)
+        client = RawClient.connect(address, timeout=timeout, tls=tls)
         opened.append(client)
         return client
 
@@ -473,3 +503,102 @@ def nginx_proxy() -> Iterator:
     yield factory
     for proxy in started:
         proxy.stop()
+
+
+# -- TLS: a test CA, server and client certificates made with the cryptography package ------------------------
+
+@dataclass
+class TLSFiles:
+    """PEM files of a throw-away CA, a server certificate for localhost/127.0.0.1/::1 and a client certificate."""
+
+    directory: Path
+    ca_cert: Path
+    ca_key: object
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+    def client_context(self, with_cert: bool = False) -> ssl.SSLContext:
+        """A client context that trusts the test CA (and presents the client certificate if asked)."""
+        context = ssl.create_default_context(cafile=str(self.ca_cert))
+        if with_cert:
+            context.load_cert_chain(str(self.client_cert), str(self.client_key))
+        return context
+
+    def issue(self, name: str, common_name: str, *, server: bool = True, password: bytes | None = None
+              ) -> tuple[Path, Path]:
+        """A new certificate signed by the test CA (fresh key, fresh serial): (cert path, key path)."""
+        return _issue(self.directory, name, common_name, self.ca_cert, self.ca_key, server=server,
+                      password=password)
+
+
+def _new_key():
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return ec.generate_private_key(ec.SECP256R1())  # ECDSA: fast handshakes on a busy test machine
+
+
+def _write_key(path: Path, key, password: bytes | None = None) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    encryption = (serialization.BestAvailableEncryption(password) if password
+                  else serialization.NoEncryption())
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption))
+
+
+def _issue(directory: Path, name: str, common_name: str, ca_cert_path: Path | None, ca_key, *,
+           server: bool = True, password: bytes | None = None) -> tuple[Path, Path]:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = _new_key()
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "calc tests"),
+                         x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.UTC)
+    if ca_cert_path is None:  # the CA itself
+        issuer, signing_key = subject, key
+    else:
+        ca_cert = x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
+        issuer, signing_key = ca_cert.subject, ca_key
+    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(key.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5))
+               .not_valid_after(now + datetime.timedelta(days=2)))
+    if ca_cert_path is None:
+        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        builder = builder.add_extension(x509.KeyUsage(
+            digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
+            key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False),
+            critical=True)
+    else:
+        builder = builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        if server:
+            builder = builder.add_extension(x509.SubjectAlternativeName([
+                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                x509.IPAddress(ipaddress.ip_address("::1"))]), critical=False)
+    certificate = builder.sign(signing_key, hashes.SHA256())
+    cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    _write_key(key_path, key, password)
+    return cert_path, key_path
+
+
+@pytest.fixture(scope="session")
+def tls_certs(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
+    """One CA, server and client certificate for the whole session (generated, never checked in)."""
+    pytest.importorskip("cryptography", reason="the TLS tests make their certificates with cryptography")
+    from cryptography.hazmat.primitives import serialization
+
+    directory = tmp_path_factory.mktemp("tls")
+    ca_cert, ca_key_path = _issue(directory, "ca", "calc test CA", None, None)
+    ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
+    server_cert, server_key = _issue(directory, "server", "localhost", ca_cert, ca_key)
+    client_cert, client_key = _issue(directory, "client", "alice", ca_cert, ca_key, server=False)
+    return TLSFiles(directory, ca_cert, ca_key, server_cert, server_key, client_cert, client_key)

@@ -6,7 +6,7 @@ import socket
 import threading
 
 import pytest
-from conftest import get
+from conftest import both_listeners, get
 
 from server.protocol import RequestParser
 from server.transport.connection import HOLD_LIMIT, Connection
@@ -81,6 +81,7 @@ def test_closing_our_side_writes_held_answers_first(conn_and_peer):
 
 # -- through the server -----------------------------------------------------------------------------------
 
+@both_listeners
 def test_held_answer_is_written_while_a_later_request_of_its_batch_runs_slow(paced_one_thread, raw_factory):
     server = paced_one_thread
     busy, fast, slow = (raw_factory(server.address) for _ in range(3))
@@ -100,6 +101,7 @@ def test_held_answer_is_written_while_a_later_request_of_its_batch_runs_slow(pac
     assert status == 200 and body == b"/c:begun;/c"
 
 
+@both_listeners
 def test_pipelined_answer_is_not_held_back_by_the_slow_request_after_it(paced_one_thread, raw_factory):
     client = raw_factory(paced_one_thread.address)
     client.send(get("/fast") + get("/slow?sleep=4"))
@@ -109,6 +111,7 @@ def test_pipelined_answer_is_not_held_back_by_the_slow_request_after_it(paced_on
     assert (status, body) == (200, b"/slow")
 
 
+@both_listeners
 def test_interim_100_continue_comes_after_the_answer_before_it(paced_one_thread, raw_factory):
     client = raw_factory(paced_one_thread.address)
     client.send(get("/one") + b"POST /two HTTP/1.1\r\nHost: test\r\nExpect: 100-continue\r\n"
@@ -119,6 +122,7 @@ def test_interim_100_continue_comes_after_the_answer_before_it(paced_one_thread,
     assert client.read_response()[::2] == (200, b"/two")
 
 
+@both_listeners
 def test_error_for_a_bad_pipelined_request_comes_after_the_answer_before_it(paced_one_thread, raw_factory):
     client = raw_factory(paced_one_thread.address)
     client.send(get("/one") + b"NOT A REQUEST LINE\r\n\r\n")
@@ -128,6 +132,7 @@ def test_error_for_a_bad_pipelined_request_comes_after_the_answer_before_it(pace
     assert client.is_closed()
 
 
+@both_listeners
 def test_connection_close_answer_and_the_one_before_it_both_arrive_before_the_close(paced_one_thread,
                                                                                      raw_factory):
     client = raw_factory(paced_one_thread.address)
@@ -138,6 +143,7 @@ def test_connection_close_answer_and_the_one_before_it_both_arrive_before_the_cl
     assert client.is_closed()
 
 
+@both_listeners
 def test_requests_arriving_while_an_answer_is_held_are_served_in_order(server_factory, raw_factory):
     """The next request sent right behind the previous one, in its own packet, can land while the
     connection is still held for its batch; it must be read once the batch is written."""

@@ -139,7 +139,7 @@ def test_default_command_serves_the_calculator_on_8000():
 def test_scripts_test_makes_and_reuses_its_own_virtual_environment(tmp_path):
     """scripts/test installs nothing into the system's Python (Debian's refuses, PEP 668): it makes
     .venv-test/, runs ruff and pytest from there, and reinstalls only when the requirements change."""
-    (tmp_path / "scripts").mkdir()
+    shutil.copytree(ROOT / "scripts" / "lib", tmp_path / "scripts" / "lib")
     shutil.copy(ROOT / "scripts" / "test", tmp_path / "scripts" / "test")
     (tmp_path / "requirements-test.txt").write_text("pytest>=8\nruff>=0.5\n")
     (tmp_path / "test_where.py").write_text(

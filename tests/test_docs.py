@@ -40,7 +40,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def page_text(site: Path, page: str) -> str:
     """The visible text of a built page, entities decoded, tags dropped."""
-    return html.unescape(re.sub(r"<[^>]+>", "", (site / page / "index.html").read_text()))
+    return html.unescape(re.sub(r"<[^>]+>", "", (site / page / "index.html").resolve().read_text()))
 
 
 def test_site_builds_strictly_with_every_page(site: Path):
@@ -48,6 +48,22 @@ def test_site_builds_strictly_with_every_page(site: Path):
         assert (site / name / "index.html").exists(), name
     assert (site / "results" / "latest" / "index.html").exists()
     assert not (ROOT / "site").exists(), "the build must not write into the repository"
+
+
+def test_no_page_has_two_headings_of_the_same_name(site: Path):
+    """Two headings alike get anchors #name and #name_1: a reader (and a link) cannot tell them apart."""
+    for page in site.rglob("index.html"):
+        ids = re.findall(r'<h[1-6] id="([^"]+)"', page.read_text())
+        assert len(ids) == len(set(ids)) and not [i for i in ids if re.search(r"_\d+$", i)], (page, ids)
+
+
+def test_home_page_lists_every_page_with_what_it_is_for(site: Path):
+    """The list on the home page is generated from the nav, so a page added there is listed too."""
+    home = (site / "index.html").read_text()
+    for page in (ROOT / "docs").glob("*.md"):
+        if page.name != "index.md":
+            assert f'href="{page.stem}/"' in home, page.name
+    assert "Use this page to" not in page_text(site, ".")
 
 
 def test_configuration_page_lists_every_setting_from_the_code(site: Path):

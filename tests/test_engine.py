@@ -11,7 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import RawClient, get
+from conftest import RawClient, both_listeners, get
 
 GET = b"GET %s HTTP/1.1\r\nHost: test\r\n\r\n"
 
@@ -21,6 +21,7 @@ def echo(server_factory):
     return server_factory("--app", "apps:echo", "--no-access-log")
 
 
+@both_listeners
 def test_keep_alive_serves_many_requests_on_one_connection(echo, raw_factory):
     client = raw_factory(echo.address)
     for i in range(5):
@@ -30,6 +31,7 @@ def test_keep_alive_serves_many_requests_on_one_connection(echo, raw_factory):
     assert not client.is_closed(timeout=0.2)
 
 
+@both_listeners
 def test_http10_closes_unless_keep_alive_is_asked_for(echo, raw_factory):
     plain = raw_factory(echo.address)
     status, headers, _ = plain.request(b"GET /a HTTP/1.0\r\n\r\n")
@@ -41,6 +43,7 @@ def test_http10_closes_unless_keep_alive_is_asked_for(echo, raw_factory):
     assert status == 200 and json.loads(body)["protocol"] == "HTTP/1.0"
 
 
+@both_listeners
 def test_client_connection_close_is_honoured(echo, raw_factory):
     client = raw_factory(echo.address)
     _, headers, _ = client.request(get("/", "Connection: close\r\n"))
@@ -48,6 +51,7 @@ def test_client_connection_close_is_honoured(echo, raw_factory):
     assert client.is_closed()
 
 
+@both_listeners
 def test_pipelined_requests_are_answered_in_order(echo, raw_factory):
     client = raw_factory(echo.address)
     client.send(b"".join(get(f"/p{i}") for i in range(10)))
@@ -55,6 +59,7 @@ def test_pipelined_requests_are_answered_in_order(echo, raw_factory):
     assert paths == [f"/p{i}" for i in range(10)]
 
 
+@both_listeners
 def test_chunked_request_body_reaches_the_app_with_its_length(echo, raw_factory):
     client = raw_factory(echo.address)
     status, _, body = client.request(b"POST /up HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -64,6 +69,7 @@ def test_chunked_request_body_reaches_the_app_with_its_length(echo, raw_factory)
     assert "HTTP_X_TRAILER" not in info["headers"] and "HTTP_TRANSFER_ENCODING" not in info["headers"]
 
 
+@both_listeners
 def test_streamed_response_is_chunked_on_http11_and_close_delimited_on_http10(server_factory, raw_factory):
     server = server_factory("--app", "apps:streaming", "--no-access-log")
     client = raw_factory(server.address)
@@ -76,6 +82,7 @@ def test_streamed_response_is_chunked_on_http11_and_close_delimited_on_http10(se
     assert "transfer-encoding" not in headers and body == b"part0;part1;part2;part3;part4;"
 
 
+@both_listeners
 def test_head_has_headers_but_no_body(server_factory, raw_factory):
     server = server_factory("--app", "apps:big", "--no-access-log")
     client = raw_factory(server.address)
@@ -94,6 +101,7 @@ def test_date_and_server_headers(echo, raw_factory):
     assert headers["date"].endswith(" GMT") and len(headers["date"]) == 29
 
 
+@both_listeners
 def test_expect_100_continue(echo, raw_factory):
     client = raw_factory(echo.address)
     client.send(b"POST /e HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
@@ -127,6 +135,7 @@ def test_forwarded_for_is_trusted_only_from_configured_proxies(server_factory, r
     assert info["remote_addr"] == "127.0.0.1" and info["scheme"] == "http"
 
 
+@both_listeners
 def test_server_errors_close_after_a_framing_error(echo, raw_factory):
     client = raw_factory(echo.address)
     client.send(b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: x\r\n\r\n" + get("/smuggled"))
@@ -164,6 +173,7 @@ def test_exc_info_replaces_a_response_not_yet_sent(server_factory, raw_factory):
     assert status == 503 and body == b"replaced"
 
 
+@both_listeners
 def test_short_body_closes_the_connection(server_factory, raw_factory):
     server = server_factory("--app", "apps:short_body", "--no-access-log")
     client = raw_factory(server.address)
@@ -172,6 +182,7 @@ def test_short_body_closes_the_connection(server_factory, raw_factory):
         client.read_response()  # 10 of 100 declared bytes, then the server closes rather than desync
 
 
+@both_listeners
 def test_keepalive_timeout_closes_idle_connections(server_factory, raw_factory):
     server = server_factory("--app", "apps:echo", "--no-access-log", "--keepalive-timeout", "1")
     client = raw_factory(server.address)
@@ -180,6 +191,7 @@ def test_keepalive_timeout_closes_idle_connections(server_factory, raw_factory):
     assert client.is_closed(timeout=5)
 
 
+@both_listeners
 def test_header_timeout_answers_408(server_factory, raw_factory):
     server = server_factory("--app", "apps:echo", "--no-access-log", "--header-timeout", "1")
     client = raw_factory(server.address)
@@ -189,6 +201,7 @@ def test_header_timeout_answers_408(server_factory, raw_factory):
     assert client.is_closed()
 
 
+@both_listeners
 def test_body_timeout_answers_408(server_factory, raw_factory):
     server = server_factory("--app", "apps:echo", "--no-access-log", "--body-timeout", "1")
     client = raw_factory(server.address)
@@ -197,6 +210,7 @@ def test_body_timeout_answers_408(server_factory, raw_factory):
     assert status == 408 and "body" in json.loads(body)["detail"]
 
 
+@both_listeners
 def test_slow_app_call_does_not_stall_other_clients(server_factory, raw_factory):
     server = server_factory("--app", "apps:slow", "--no-access-log", "--threads", "4")
     slow = raw_factory(server.address)
@@ -211,6 +225,7 @@ def test_slow_app_call_does_not_stall_other_clients(server_factory, raw_factory)
     assert slow.read_response(timeout=10)[2] == b"done"
 
 
+@both_listeners
 def test_idle_keep_alive_connections_do_not_hold_threads(server_factory, raw_factory):
     server = server_factory("--app", "apps:threads", "--no-access-log", "--threads", "2")
     idle = [raw_factory(server.address) for _ in range(60)]
@@ -242,6 +257,7 @@ def test_many_concurrent_clients(server_factory):
     assert sum(results) == 100 * 20
 
 
+@both_listeners
 def test_graceful_shutdown_finishes_in_flight_requests(server_factory, raw_factory):
     server = server_factory("--app", "apps:slow", "--threads", "4", "--graceful-timeout", "10")
     busy = raw_factory(server.address)
@@ -277,6 +293,7 @@ def test_sigint_also_shuts_down_cleanly(server_factory):
     assert server.proc.wait(timeout=10) == 0
 
 
+@both_listeners
 def test_access_log_line(server_factory, raw_factory):
     server = server_factory("--app", "apps:echo")
     raw_factory(server.address).request(get("/logged?q=1", "X-Request-ID: req-42\r\nUser-Agent: ua/1\r\n"))

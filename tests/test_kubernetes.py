@@ -108,24 +108,32 @@ def test_settings_are_ones_the_server_accepts(rendered):
         DEFAULTS[name].parse(value)  # raises on a value the server would refuse
 
 
-def test_probe_paths_answer_200_on_a_real_server(rendered, server_factory):
+def test_probe_paths_and_metrics_answer_200_on_a_real_server(rendered, server_factory):
     container = pod_spec(rendered)["containers"][0]
     probes = [container[kind] for kind in ("startupProbe", "readinessProbe", "livenessProbe")]
     env = {k: v for k, v in settings(rendered).items() if k not in ("CALC_HOST", "CALC_PORT")}
-    server = server_factory(env=env)  # the ConfigMap's settings, on a loopback port
+    env["CALC_METRICS_BIND"] = "127.0.0.1:0"
+    server = server_factory(env=env)  # the ConfigMap's settings, on loopback ports
     for probe in probes:
         http_get = probe["httpGet"]
         assert http_get["port"] == "http"
         status, _, body = fetch(server.url, http_get["path"])
         assert status == 200, (http_get["path"], body)
         assert probe["timeoutSeconds"] >= 1
+    metrics = server.wait_for_line(r"metrics on (http://\S+)/metrics").group(1)
+    annotations = rendered["Deployment"]["spec"]["template"]["metadata"]["annotations"]
+    status, _, body = fetch(metrics, annotations["prometheus.io/path"])
+    assert status == 200 and b"# TYPE" in body
 
 
-def test_container_port_is_the_servers_port_and_the_service_uses_it(rendered):
+def test_container_ports_are_the_servers_and_the_service_uses_them(rendered):
     container = pod_spec(rendered)["containers"][0]
-    (port,) = container["ports"]
-    assert port["name"] == "http"
-    assert port["containerPort"] == setting(rendered, "CALC_PORT")
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports["http"] == setting(rendered, "CALC_PORT")
+    host, _, metrics_port = setting(rendered, "CALC_METRICS_BIND").rpartition(":")
+    assert (host, ports["metrics"]) == ("0.0.0.0", int(metrics_port))
+    annotations = rendered["Deployment"]["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == metrics_port
     assert setting(rendered, "CALC_HOST") == "0.0.0.0"  # reachable from outside the pod
     (service_port,) = rendered["Service"]["spec"]["ports"]
     assert service_port["targetPort"] == "http"
@@ -186,11 +194,14 @@ def test_only_the_ingress_controller_and_the_scraper_reach_the_pods(rendered):
     labels = rendered["Deployment"]["spec"]["template"]["metadata"]["labels"]
     assert policy["podSelector"]["matchLabels"].items() <= labels.items()
     assert policy["policyTypes"] == ["Ingress", "Egress"] and policy["egress"] == []
-    (rule,) = policy["ingress"]
-    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
-    sources = {(peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
-                peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"]) for peer in rule["from"]}
-    assert sources == {("ingress-nginx", "ingress-nginx"), ("monitoring", "prometheus")}
+    allowed = set()
+    for rule in policy["ingress"]:
+        for peer in rule["from"]:
+            for port in rule["ports"]:
+                assert port["protocol"] == "TCP"
+                allowed.add((peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+                             peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"], port["port"]))
+    assert allowed == {("ingress-nginx", "ingress-nginx", "http"), ("monitoring", "prometheus", "metrics")}
 
 
 def nginx_directive(name: str) -> str:

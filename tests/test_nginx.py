@@ -232,7 +232,7 @@ def test_rate_limit_is_a_429_problem(server_factory, nginx_proxy):
     answers = [fetch(url, "/add/1/2") for _ in range(4)]
     assert [a[0] for a in answers] == [200, 200, 429, 429]  # one at the rate, one of burst, then refused
     problem = assert_problem(*answers[2], 429)
-    assert problem["title"] == "Too Many Requests"
+    assert problem["title"] == "Too many requests"
     assert answers[2][1]["retry-after"] == "1"
     assert fetch(url, "/nginx-health")[0] == 200  # nginx's own health is never limited
     # The default limit is generous: a quick burst of 200 requests passes untouched.
@@ -268,3 +268,85 @@ def test_nginx_health_is_answered_by_nginx(nginx_proxy):
     assert json.loads(body) == {"status": "ok"}
     assert fetch(url, "/healthz")[0] == 502  # the server's health, by contrast, is proxied
     assert not [e for e in url.access_log() if e["uri"] == "/nginx-health"]  # health checks do not flood the log
+
+
+# -- nginx's own problem documents have the server's shape ----------------------------------------------------
+
+CORE = {"type", "title", "status", "detail", "instance"}  # what the server's problem documents carry
+TYPE_URI = re.compile(r"^/problems/[a-z0-9-]+$")
+
+
+def nginx_problem_bodies() -> dict[int, str]:
+    """The body each error_page target returns, from the template: status -> JSON text with nginx variables."""
+    template = NGINX_TEMPLATE.read_text()
+    targets = dict(re.findall(r"error_page (?:\d+ =)?(\d+) /_nginx/problem/(\d+);", template))
+    bodies = dict(re.findall(r"location = /_nginx/problem/\d+ \{[^}]*?return (\d+) '([^']*)';", template))
+    assert set(targets) == set(targets.values()) == set(bodies), (targets, sorted(bodies))
+    return {int(status): body for status, body in bodies.items()}
+
+
+def test_every_nginx_problem_document_is_json_of_the_servers_shape():
+    """All of them, 500/503/504 included (hard to provoke in a test): rendered as nginx would, then parsed."""
+    from server.calculator.problems import CATALOGUE
+
+    pages = set(re.findall(r"location = (/problems/[a-z0-9-]+) \{", NGINX_TEMPLATE.read_text()))
+    for status, body in nginx_problem_bodies().items():
+        for instance in ("", ',"instance":"/add/1/2"'):
+            text = body.replace("$calc_problem_instance", instance).replace("$calc_request_id", "f00d")
+            problem = json.loads(text.encode().decode("unicode_escape"))
+            expected = CORE | {"request_id"} if instance else CORE - {"instance"} | {"request_id"}
+            assert set(problem) == expected, (status, problem)
+            assert problem["status"] == status and problem["request_id"] == "f00d"
+            assert TYPE_URI.match(problem["type"]), problem["type"]
+        # The type's page: served by nginx, or the server's own (then the titles agree).
+        slug = problem["type"].removeprefix("/problems/")
+        if slug in CATALOGUE:
+            assert problem["title"] == CATALOGUE[slug].title and problem["type"] not in pages
+        else:
+            assert problem["type"] in pages, f"nothing answers GET {problem['type']}"
+
+
+def test_nginx_and_server_problem_documents_compare(server_factory, nginx_proxy):
+    """Real errors from both: same members, same type scheme, dereferenceable types; nginx adds the request id."""
+    server = server_factory()
+    url = nginx_proxy(server.address, NGINX_MAX_BODY_SIZE="1k")
+    documents = {}
+    status, headers, body = fetch(url, "/no/such/thing?x=1")  # the server's, passed through
+    documents["server 404"] = (status, headers, json.loads(body), "/no/such/thing")
+    status, headers, body = fetch(url, "/calc?x=1", "POST", b"{" + b" " * 2000 + b"}",
+                                  {"Content-Type": "application/json"})
+    documents["nginx 413"] = (status, headers, json.loads(body), "/calc")
+    status, headers, body = raw_exchange(url, b"GET /add/1/2 HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 10000
+                                         + b"\r\n\r\n")
+    documents["nginx 431"] = (status, headers, json.loads(body), "/add/1/2")
+    status, headers, body = raw_exchange(url, b"GET /_nginx/problem/502 HTTP/1.1\r\nHost: x\r\n\r\n")
+    documents["nginx 404"] = (status, headers, json.loads(body), "/_nginx/problem/502")
+    status, headers, body = raw_exchange(url, b"GARBAGE\r\n\r\n")
+    documents["nginx 400"] = (status, headers, json.loads(body), None)
+    status, headers, body = raw_exchange(url, b"GET /" + b"a" * 10000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    documents["nginx 414"] = (status, headers, json.loads(body), None)
+    limited = nginx_proxy(server.address, NGINX_RATE_LIMIT="1r/m", NGINX_RATE_BURST="1")
+    status, headers, body = [fetch(limited, "/add/1/1?again") for _ in range(3)][-1]  # one at the rate, one burst
+    documents["nginx 429"] = (status, headers, json.loads(body), "/add/1/1")
+    with socket.socket() as unused:  # nothing listens there
+        unused.bind(("127.0.0.1", 0))
+        down = nginx_proxy(unused.getsockname())
+    status, headers, body = fetch(down, "/mult/2/3?z")
+    documents["nginx 502"] = (status, headers, json.loads(body), "/mult/2/3")
+
+    server_document = documents["server 404"][2]
+    assert set(server_document) == CORE
+    for name, (status, headers, problem, instance) in documents.items():
+        assert headers["content-type"] == PROBLEM, name
+        assert problem["status"] == status == int(name.split()[1]), name
+        assert TYPE_URI.match(problem["type"]), (name, problem["type"])
+        if name.startswith("nginx"):
+            assert problem["request_id"] == headers["x-request-id"], name
+            assert set(problem) - {"request_id"} == (CORE if instance else CORE - {"instance"}), (name, problem)
+        assert problem.get("instance") == instance, (name, problem)
+        # The type URI is a page saying what the problem is, through the same nginx.
+        page_status, page_headers, page = fetch(url, problem["type"])
+        assert page_status == 200 and page_headers["content-type"].startswith("text/plain"), (name, page)
+        assert page.decode().splitlines()[0] == problem["title"]
+        assert f"type: {problem['type']}\nstatus: {status} " in page.decode()
+    print({name: doc[2]["type"] for name, doc in documents.items()})

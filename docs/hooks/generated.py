@@ -113,18 +113,65 @@ def schemas() -> str:
 
 
 def api_description() -> str:
-    """The document's own introduction (numbers, size bound, exactness), without its problem-type table."""
+    """The document's own introduction to numbers (syntax, size bound, exactness, results); its words on
+    errors and its problem-type table are left to the page's own Errors section."""
     text = openapi.document()["info"]["description"]
-    return text.split("\n**Problem types**")[0].strip()
+    numbers = re.split(r"\n\*\*(?:Errors|Problem types)\*\*", text)[0].strip()
+    return numbers.split("\n\n", 1)[-1]  # without the tagline the page's heading already says
+
+
+_NAV: list[Any] = []  # the site's nav, kept by on_config for the page list
+
+
+def _first_sentence(path: Path) -> str:
+    """The page's opening sentence: each page starts by saying what a reader can do with it."""
+    paragraph = []
+    for line in path.read_text().splitlines()[1:]:
+        if line.strip() and not line.startswith(("#", "```", "|", "-", "!")):
+            paragraph.append(line.strip())
+        elif paragraph:
+            break
+    text = " ".join(paragraph)
+    match = re.match(r"(.+?\.)(\s|$)", text)
+    sentence = match[1] if match else text
+    if sentence.startswith("Use this page to "):
+        sentence = sentence.removeprefix("Use this page to ")
+        sentence = sentence[0].upper() + sentence[1:]
+    return sentence
+
+
+def page_list() -> str:
+    """Every page in the nav with its opening sentence, so a page added to the nav is listed here too."""
+    out: list[str] = []
+
+    def walk(items: list[Any], depth: int) -> None:
+        for item in items:
+            (title, target), = item.items() if isinstance(item, dict) else ((None, item),)
+            if isinstance(target, list):
+                out.append(f"\n**{title}**\n")
+                walk(target, depth + 1)
+            elif target != "index.md":
+                source = ROOT / "docs" / target
+                about = f": {_first_sentence(source)}" if source.exists() else ""  # results/ pages: the title says it
+                out.append(f"- [{title or target}]({target}){about}")
+
+    walk(_NAV, 0)
+    return "\n".join(out).strip()
 
 
 GENERATORS: dict[str, Callable[[], str]] = {
+    "page-list": page_list,
     "settings-table": settings_table,
     "api-description": api_description,
     "endpoints": endpoints,
     "problem-types": problem_types,
     "schemas": schemas,
 }
+
+
+def on_config(config: Any, **_: Any) -> Any:
+    _NAV[:] = config["nav"] or []
+    return config
 
 
 def on_page_markdown(markdown: str, page: Any, **_: Any) -> str:

@@ -62,9 +62,10 @@ __all__ = ["Metrics", "ProcessRecorders", "Recorder"]
 class Metrics:
     """One server's metrics: made before any fork, then shared by the master and every worker."""
 
-    def __init__(self, workers: int, threads: int) -> None:
+    def __init__(self, workers: int, threads: int, master: bool | None = None) -> None:
         self.threads = threads
-        self.store = SharedStore(1 if workers == 1 else 2 * workers + 2, threads)
+        master = workers > 1 if master is None else master  # --master/--reload/--max-requests: even with one
+        self.store = SharedStore(2 * workers + 2 if master else 1, threads)
         self.restarts: Callable[[], Mapping[str, int]] = dict  # the master's counts by reason, when it has one
         self.endpoint: MetricsEndpoint | None = None
         self._slot: int | None = None

@@ -28,7 +28,7 @@ from .store import Totals
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PREFIX = "calc_server_"
-RESTART_REASONS = ("crash",)  # always shown, at 0 until it happens; the master may report more
+RESTART_REASONS = ("crash", "max-requests", "reload", "timeout")  # always shown, at 0 until it happens
 
 
 def _number(value: float) -> str:

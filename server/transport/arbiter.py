@@ -1,25 +1,67 @@
-"""The pre-fork master: N worker processes on the same listening sockets, replaced when they die.
+"""The pre-fork master: keeps ``--workers`` processes serving the shared listening sockets, whatever happens.
 
-The master only supervises; it never accepts or runs application code, so a
-crashing worker cannot take the listening socket or its siblings with it.
+The master only supervises; it never accepts, never imports the application
+and never runs its code, so a crashing worker cannot take the sockets or its
+siblings with it, and every new worker imports the application afresh: that
+is what makes a reload pick up new code.
+
+One rule drives every change of workers (reload, recycling at
+``--max-requests``, more or fewer workers): **start the replacement first, stop
+the old one once the new one is ready.** A worker is "ready" when its event loop
+runs (it says so in its shared slot, see worker.py); until then the old one
+keeps serving. The old one is stopped with SIGTERM, the same graceful path as a
+shutdown: it stops accepting (the other workers, which share the same sockets,
+get the new connections), finishes what it accepted, answers the requests a
+client had already pipelined, and puts ``Connection: close`` on each
+connection's last answer. So none of these events costs a request.
+
+The loop is a level-triggered reconciliation, like a controller: signals and
+file changes only change the wanted state (``size``, ``generation``), and
+``_manage`` compares the workers with it each time round. That keeps the odd
+combinations (a reload while a recycle is under way, SIGTTOU during a reload)
+correct without a case for each.
+
+A reload whose new code cannot even be imported (a syntax error) must not stop
+the old workers: the new ones exit with ``EXIT_BOOT_FAILED`` before they are
+ready, the master notes that this generation failed and keeps the old workers
+until the next reload.
+
+Signals (docs/signals.md has the table): HUP reload, TTIN/TTOU one worker more
+or fewer, USR1 reopen log files (passed on to the workers), TERM/INT graceful
+shutdown, QUIT fast shutdown.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import random
 import select
 import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
+from ..config import Settings
+from ..logfiles import LogFiles
 from .listener import Listener
+from .reloader import POLL_EVERY, SourceWatcher
+from .worker import BOOTING, EXIT_BOOT_FAILED, RECYCLE, WorkerSlot
 
+_TICK = 0.2  # seconds between checks of heartbeats when nothing else wakes the master
 _RESPAWN_WINDOW = 10.0  # seconds
-_RESPAWN_BURST = 10  # deaths within the window before the master backs off
+_RESPAWN_BURST = 10  # crashes within the window before the master backs off
+_RETRY_BOOT_AFTER = 5.0  # seconds, when a reload's code fails and no old worker is left either
+_FAST_GRACE = 2.0  # seconds workers get to exit after SIGQUIT before SIGKILL
+_HANDLED = (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGTERM, signal.SIGINT,
+            signal.SIGQUIT)
+
+
+def _log(message: str) -> None:
+    print(f"server: {message}", file=sys.stderr, flush=True)
 
 
 class WorkerHooks(Protocol):
@@ -32,69 +74,228 @@ class WorkerHooks(Protocol):
     def exited(self, pid: int) -> None: ...
 
 
+@dataclass(eq=False)
+class _Child:
+    pid: int
+    slot: WorkerSlot
+    generation: int
+    started: float
+    ready: bool = False
+    recycle: bool = False  # it served its --max-requests and waits for its replacement
+    retiring: float = 0.0  # when it was told to stop (SIGTERM, or SIGKILL for a missed heartbeat)
+    reason: str | None = None  # why it is being replaced, counted in Arbiter.restarts when it exits
+    killed: bool = False  # sent SIGKILL
+
+
 class Arbiter:
-    def __init__(self, listeners: list[Listener], workers: int, graceful_timeout: float,
-                 run_worker: Callable[[], int], hooks: WorkerHooks | None = None) -> None:
-        self.listeners = listeners
+    def __init__(self, listeners: Sequence[Listener], settings: Settings, boot: Callable[[WorkerSlot], int],
+                 log_files: LogFiles | None = None, watcher: SourceWatcher | None = None,
+                 hooks: WorkerHooks | None = None) -> None:
+        self.listeners = list(listeners)
         self.hooks = hooks
-        self.restarts: Counter[str] = Counter()  # workers replaced, by reason (read by the metrics)
-        self.size = workers
-        self.graceful_timeout = graceful_timeout
-        self.run_worker = run_worker
-        self.children: dict[int, float] = {}  # pid -> start time
-        self.deaths: list[float] = []
-        self.stopping = False
+        self.settings = settings
+        self.size = settings.workers
+        self.boot = boot  # runs in the new worker: import the application, serve; returns the exit status
+        self.log_files = log_files
+        self.watcher = watcher
+        self.children: dict[int, _Child] = {}  # in the order they were started
+        self.generation = 0  # bumped by each reload; workers of older generations are replaced
+        # Workers replaced so far, by reason: crash, max-requests, reload, timeout (metrics read this).
+        self.restarts: Counter[str] = Counter()
+        self.observers: list[Callable[[Arbiter], None]] = []  # called after workers or restarts change
+        self._failed_generation = -1
+        self._retry_boot_at = 0.0
+        self._crashes: list[float] = []
+        self._announced = False
+        self._startup_failed = False
+        self._signals: list[int] = []
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
 
+    @property
+    def serving(self) -> int:
+        """Workers that are ready and not on their way out."""
+        return sum(1 for c in self.children.values() if c.ready and not c.retiring)
+
+    # -- the loop -------------------------------------------------------------------------------------------
+
     def run(self, on_ready: Callable[[], None] | None = None) -> int:
         signal.set_wakeup_fd(self._wake_w)
-        signal.signal(signal.SIGTERM, self._on_stop)
-        signal.signal(signal.SIGINT, self._on_stop)
+        for signum in _HANDLED:
+            signal.signal(signum, self._queue_signal)
         signal.signal(signal.SIGCHLD, lambda *_: None)  # only to wake the loop
-        for _ in range(self.size):
-            self._spawn()
-        if on_ready is not None:
-            on_ready()
-        while not self.stopping:
+        next_watch = time.monotonic()
+        while True:
+            stop = self._handle_signals()
+            if stop is not None:
+                return self._shutdown(fast=stop == signal.SIGQUIT)
+            now = time.monotonic()
             self._reap()
-            self._fill()
-            select.select([self._wake_r], [], [], 1.0)
-            try:
-                while os.read(self._wake_r, 4096):
-                    pass
-            except BlockingIOError:
+            if self._startup_failed:
+                _log("the workers could not load the application; exiting")
+                self._shutdown(fast=True)
+                return 2
+            self._check_slots(now)
+            if self.watcher is not None and now >= next_watch:
+                next_watch = now + POLL_EVERY
+                changed = self.watcher.poll()
+                if changed:
+                    self._reload(f"{changed} changed")
+            self._manage(now)
+            if not self._announced and self.serving >= self.size:
+                self._announced = True
+                if on_ready is not None:
+                    on_ready()
+            self._sleep(_TICK)
+
+    def _queue_signal(self, signum: int, frame: object) -> None:
+        self._signals.append(signum)
+
+    def _sleep(self, seconds: float) -> None:
+        select.select([self._wake_r], [], [], seconds)
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._wake_r, 4096):
                 pass
-        return self._shutdown()
 
-    def _on_stop(self, signum: int, frame: object) -> None:
-        self.stopping = True
+    def _handle_signals(self) -> int | None:
+        """Act on the signals received since last time; the stop signal if one asks to stop."""
+        while self._signals:
+            signum = self._signals.pop(0)
+            if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+                return signum
+            if signum == signal.SIGHUP:
+                self._reload("SIGHUP")
+            elif signum == signal.SIGTTIN:
+                self.size += 1
+                _log(f"SIGTTIN: {self.size} workers")
+            elif signum == signal.SIGTTOU:
+                self.size = max(1, self.size - 1)
+                _log(f"SIGTTOU: {self.size} worker{'s' if self.size > 1 else ''}")
+            elif signum == signal.SIGUSR1:
+                if self.log_files is not None:
+                    self.log_files.reopen()
+                self._signal_all(signal.SIGUSR1)
+        return None
 
-    def _spawn(self) -> None:
+    def _reload(self, why: str) -> None:
+        self.generation += 1
+        self._failed_generation = -1
+        _log(f"reloading ({why}): starting {self.size} new worker{'s' if self.size > 1 else ''}, "
+             "then stopping the old ones gracefully")
+
+    # -- workers in, workers out ----------------------------------------------------------------------------
+
+    def _manage(self, now: float) -> None:
+        """Bring the workers to the wanted state: ``size`` ready workers running the current generation."""
+        changed = False
+        live = [c for c in self.children.values() if not c.retiring]
+        for child in live:
+            if child.generation != self.generation and not child.ready:
+                self._retire(child, "reload", now)  # still booting the code a reload replaced
+                changed = True
+        current = [c for c in live if c.generation == self.generation and not c.recycle and not c.retiring]
+        while len(current) > self.size:  # SIGTTOU: one still booting if any, else the oldest
+            victim = next((c for c in current if not c.ready), current[0])
+            self._retire(victim, None, now)
+            current.remove(victim)
+            changed = True
+        while len(current) < self.size and self._may_spawn(now):
+            current.append(self._spawn(now))
+            changed = True
+        # Outdated and recycled workers leave only as ready replacements take their place.
+        serving = [c for c in self.children.values() if c.ready and not c.retiring]
+        for child in [c for c in serving if c not in current]:
+            if len(serving) <= self.size:
+                break
+            self._retire(child, "max-requests" if child.recycle else "reload", now)
+            serving.remove(child)
+            changed = True
+        if changed:
+            self._notify()
+
+    def _may_spawn(self, now: float) -> bool:
+        if self._failed_generation == self.generation:
+            # This generation's code does not load. Keep the old workers; only with none left, try again now and then.
+            if self.serving or now < self._retry_boot_at:
+                return False
+            self._retry_boot_at = now + _RETRY_BOOT_AFTER
+            return True
+        self._crashes = [t for t in self._crashes if now - t < _RESPAWN_WINDOW]
+        return len(self._crashes) < _RESPAWN_BURST  # a crash loop waits for the window instead of forking flat out
+
+    def _spawn(self, now: float) -> _Child:
+        limit = 0
+        if self.settings.max_requests:
+            limit = self.settings.max_requests + random.randint(0, self.settings.max_requests_jitter)
+        slot = WorkerSlot(now, limit)
         if self.hooks is not None:
             self.hooks.before_fork()
         pid = os.fork()
-        if pid == 0:  # the worker
-            status = 1
-            try:
-                signal.set_wakeup_fd(-1)
-                for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
-                    signal.signal(signum, signal.SIG_DFL)
-                os.close(self._wake_r)
-                os.close(self._wake_w)
-                status = self.run_worker()
-            except BaseException:
-                import traceback
-
-                traceback.print_exc()
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(status)
-        self.children[pid] = time.monotonic()
+        if pid == 0:
+            self._become_worker(slot)
+        child = _Child(pid, slot, self.generation, now)
+        self.children[pid] = child
         if self.hooks is not None:
             self.hooks.spawned(pid)
+        return child
+
+    def _become_worker(self, slot: WorkerSlot) -> None:
+        """In the new child: shed the master's signal handling, run the worker, never return."""
+        status = 1
+        try:
+            signal.set_wakeup_fd(-1)
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+                signal.signal(signum, signal.SIG_DFL)
+            for signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1):
+                signal.signal(signum, signal.SIG_IGN)  # the master's business; serve() sets what a worker handles
+            signal.signal(signal.SIGQUIT, lambda *_: os._exit(0))
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            status = self.boot(slot)
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(status)
+
+    def _retire(self, child: _Child, reason: str | None, now: float, signum: int = signal.SIGTERM) -> None:
+        if signum == signal.SIGTERM and not child.retiring:
+            why = {"reload": "it runs the code before the reload", "max-requests": "its replacement is ready",
+                   None: "one worker fewer"}.get(reason, reason)
+            _log(f"stopping worker {child.pid} gracefully: {why}")
+        child.retiring = child.retiring or now
+        child.reason = child.reason or reason
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, signum)
+
+    def _check_slots(self, now: float) -> None:
+        """Read each worker's slot: ready yet, done with its requests, heartbeat fresh?"""
+        timeout = self.settings.worker_timeout
+        grace = self.settings.graceful_timeout + 5.0
+        for child in self.children.values():
+            beat, state = child.slot.read()
+            if state != BOOTING and not child.ready:
+                child.ready = True
+                self._notify()
+            if state == RECYCLE and not child.recycle:
+                child.recycle = True
+                _log(f"worker {child.pid} served its {child.slot.max_requests} requests; replacing it")
+            if child.killed:
+                continue
+            if now - beat > timeout:
+                what = "booted" if state == BOOTING else "sent a heartbeat"
+                _log(f"worker {child.pid} has not {what} for {now - beat:.1f} s (--worker-timeout {timeout:g}); "
+                     "killing it")
+                child.killed = True
+                self._retire(child, "timeout", now, signal.SIGKILL)
+            elif child.retiring and now - child.retiring > grace:
+                child.killed = True
+                self._retire(child, None, now, signal.SIGKILL)  # outlived its graceful timeout
 
     def _reap(self) -> None:
         while True:
@@ -104,45 +305,84 @@ class Arbiter:
                 return
             if pid == 0:
                 return
-            if self.hooks is not None:
-                self.hooks.exited(pid)
-            if self.children.pop(pid, None) is not None and not self.stopping:
-                code = os.waitstatus_to_exitcode(status)
-                how = f"signal {-code}" if code < 0 else f"exit status {code}"
-                print(f"server: worker {pid} died ({how}); starting a replacement", file=sys.stderr, flush=True)
-                self.deaths.append(time.monotonic())
-                self.restarts["crash"] += 1
+            child = self._forget(pid)
+            if child is None:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            how = f"signal {-code}" if code < 0 else f"exit status {code}"
+            reason = child.reason
+            if child.retiring:
+                pass  # it was told to go; its reason was recorded then
+            elif not child.ready and code == EXIT_BOOT_FAILED:
+                self._boot_failed(child)
+            else:
+                reason = "crash"
+                _log(f"worker {pid} died ({how}); starting a replacement")
+                self._crashes.append(time.monotonic())
+            if reason is not None:
+                self.restarts[reason] += 1
+            self._notify()
 
-    def _fill(self) -> None:
-        now = time.monotonic()
-        self.deaths = [t for t in self.deaths if now - t < _RESPAWN_WINDOW]
-        if len(self.deaths) >= _RESPAWN_BURST:
-            return  # crash loop: wait for the window to pass instead of forking as fast as we can
-        while len(self.children) < self.size:
-            self._spawn()
+    def _boot_failed(self, child: _Child) -> None:
+        if child.generation != self.generation or self._failed_generation == self.generation:
+            return
+        self._failed_generation = self.generation
+        if not self._announced and not self.serving and self.generation == 0:
+            self._startup_failed = True
+            return
+        old = self.serving
+        _log(f"worker {child.pid} could not load the new code (see above); "
+             f"{old} worker{'s' if old != 1 else ''} running the previous code keep serving until a reload succeeds")
 
-    def _shutdown(self) -> int:
-        # Close our copies of the listening sockets first: while the master holds one, the kernel keeps
-        # completing connections into its backlog that no worker will ever accept, and those clients
+    def _notify(self) -> None:
+        for observer in self.observers:
+            observer(self)
+
+    def _signal_all(self, signum: int) -> None:
+        for pid in self.children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    # -- the end --------------------------------------------------------------------------------------------
+
+    def _shutdown(self, fast: bool) -> int:
+        """Graceful (TERM/INT): workers finish what they accepted. Fast (QUIT): workers exit at once."""
+        # Close our copies of the listening sockets first: while the master holds them, the kernel keeps
+        # completing connections into the backlog that no worker will accept, and those clients would
         # wait out the whole shutdown to be reset instead of being refused at once.
         for listener in self.listeners:
             listener.close()
-        for pid in self.children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + self.graceful_timeout + 5
+        self._signal_all(signal.SIGQUIT if fast else signal.SIGTERM)
+        deadline = time.monotonic() + (_FAST_GRACE if fast else self.settings.graceful_timeout + 5)
+        self._startup_failed = False
         while self.children and time.monotonic() < deadline:
-            self._reap()
-            select.select([self._wake_r], [], [], 0.1)
-            try:
-                while os.read(self._wake_r, 4096):
-                    pass
-            except BlockingIOError:
-                pass
+            self._reap_quietly()
+            if not fast and signal.SIGQUIT in self._signals:  # impatient operator: escalate
+                self._signals.clear()
+                fast = True
+                self._signal_all(signal.SIGQUIT)
+                deadline = min(deadline, time.monotonic() + _FAST_GRACE)
+            self._sleep(0.05)
         for pid in list(self.children):
-            try:
+            with contextlib.suppress(ProcessLookupError, ChildProcessError):
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass
         return 0
+
+    def _reap_quietly(self) -> None:
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self._forget(pid)
+
+    def _forget(self, pid: int) -> _Child | None:
+        if self.hooks is not None:
+            self.hooks.exited(pid)
+        child = self.children.pop(pid, None)
+        if child is not None:
+            child.slot.close()
+        return child

@@ -10,6 +10,7 @@ import threading
 from ..protocol import RequestParser
 
 HOLD_LIMIT = 16384  # bytes of finished answers a connection may hold back to be written with others
+CLOSING_BUDGET = 32  # answers a closing server still gives one connection for requests its client had sent
 
 
 class SendTimeout(OSError):
@@ -19,9 +20,10 @@ class SendTimeout(OSError):
 class Connection:
     """Whoever works on a connection holds its lock: the thread serving it, or the timeout sweep."""
 
-    __slots__ = ("answered", "closed", "dirty", "drain_deadline", "drained", "draining", "fd", "hangup",
-                 "head_started", "idle_since", "last_io", "lock", "out", "parser", "peer", "send_timeout", "served",
-                 "set_aside", "sock", "status")
+    __slots__ = ("answered", "closed", "closing_budget", "dirty", "drain_deadline", "drained", "draining", "fd",
+                 "hangup", "head_started", "idle_since", "last_io", "lock", "out", "parser", "peer", "send_timeout",
+                 "served", "set_aside", "sock", "status")
+    is_tls = False  # a class attribute, overridden by tls.TLSConnection: plain sockets may use os.sendfile
 
     def __init__(self, sock: socket.socket, peer: tuple[str, int], parser: RequestParser, now: float,
                  send_timeout: float) -> None:
@@ -36,6 +38,7 @@ class Connection:
         self.hangup = False  # the peer closed its side; its EOF is still to be read
         self.set_aside = False  # in the backlog with complete requests buffered (fairness)
         self.served = 0
+        self.closing_budget = CLOSING_BUDGET
         self.idle_since = now  # when the connection last became idle (accept or end of a response)
         self.head_started: float | None = None  # first byte of the request head now being received
         self.last_io = now
@@ -111,6 +114,18 @@ class Connection:
             return False
         except OSError:
             return True
+
+    def more_requests_sent(self) -> bool:
+        """At shutdown: does (part of) another request wait, in our buffer or the kernel's? See Sink.
+
+        The budget bounds it, so a client that keeps its pipeline full cannot hold a stopping server open.
+        """
+        if self.closing_budget <= 0:
+            return False
+        if not self.parser.buffered and (self.hangup or not self.has_unread_input()):
+            return False  # nothing waiting, or only the client's EOF
+        self.closing_budget -= 1
+        return True
 
     def send_nowait(self, data: bytes) -> bool:
         """Best effort, for the event loop, which must never block: True when all of it went out."""

@@ -103,6 +103,8 @@ class Reactor:
         # and connections set aside after max_pipeline requests so one client cannot hog a thread.
         self.backlog: collections.deque[tuple[int, int] | Connection] = collections.deque()
         self.stopping = False
+        self.served = 0  # requests answered by this process (approximate: threads add without a lock)
+        self.on_tick: Callable[[float], None] | None = None  # the main loop calls it each time round
         self._done = False
         self._stop_deadline = 0.0
         self._lock = threading.Lock()  # guards leadership changes
@@ -166,6 +168,8 @@ class Reactor:
                 with contextlib.suppress(OSError):
                     os.read(self._main_r, 4096)
             now = monotonic()
+            if self.on_tick is not None:
+                self.on_tick(now)  # a pre-fork worker's heartbeat to its master (worker.py)
             self._watch_leader(now)
             if self.stopping and not stop_seen:
                 stop_seen = True
@@ -259,7 +263,7 @@ class Reactor:
             self._wake_leader()
             pending = True
             if now >= self._stop_deadline:
-                self._retire_listener()  # no leader came free within the grace period
+                self._retire_listeners()  # no leader came free within the grace period
         else:
             pending = False
         for conn in list(self.conns.values()):
@@ -335,9 +339,7 @@ class Reactor:
         workers = self._workers
         while self._leader is me and not self._done:
             if self.stopping and self.listeners:
-                for fd in list(self.listeners):
-                    self._accept(fd, me.stats)
-                self._retire_listener()
+                self._retire_listeners(accepting=me)
             if not backlog:
                 for worker in workers:
                     if worker.held:
@@ -465,6 +467,7 @@ class Reactor:
             return
         accept = listener.sock.accept
         tcp = listener.kind == "tcp"
+        make = listener.extra.get("connection", Connection)  # TLS, PROXY protocol: see tls.connection_factory
         now = monotonic()
         for _ in range(64):
             try:
@@ -491,7 +494,7 @@ class Reactor:
                 peer = peer[:2]
             else:
                 peer = UNIX_PEER
-            conn = Connection(sock, peer, RequestParser(self.limits), now, self.settings.send_timeout)
+            conn = make(sock, peer, RequestParser(self.limits), now, self.settings.send_timeout)
             if not self.conns:
                 self._wake_main()  # from now on stalls need watching: switch to the short tick
             self.conns[conn.fd] = conn
@@ -499,11 +502,22 @@ class Reactor:
             if stats is not None:
                 stats.accepted()
 
-    def _retire_listener(self) -> None:
+    def _retire_listeners(self, accepting: _Worker | None = None) -> None:
+        """Stop accepting: leave the poller, accept what the kernel had queued meanwhile (leader only), close.
+
+        In that order because other worker processes may share the sockets: once they are out of
+        our poller the kernel wakes the others for new connections, and the accept after that takes
+        any connection whose wake-up came to us, which nobody else would pick up.
+        """
         with self._lock:  # the leader and, past the deadline, the main thread may both get here
-            listeners, self.listeners = self.listeners, {}
-            for fd, listener in listeners.items():
+            listeners = self.listeners
+            for fd in listeners:
                 self.poller.remove(fd)
+            if accepting is not None:
+                for fd in listeners:
+                    self._accept(fd, accepting.stats)
+            self.listeners = {}
+            for listener in listeners.values():
                 listener.close()
 
     def _refuse(self, sock: socket.socket) -> None:
@@ -587,10 +601,11 @@ class Reactor:
                     conn.flush()  # earlier pipelined answers go out before this request runs, however long
                 me.busy_since = now
                 try:
-                    keep = runner.run(request, conn.peer, conn, request.keep_alive and not self.stopping)
+                    keep = runner.run(request, conn.peer, conn, request.keep_alive)
                 finally:
                     me.busy_since = 0.0
                 conn.served += 1
+                self.served += 1
                 started, now = now, monotonic()
                 if stats is not None:
                     stats.request(request.method, conn.status, now - started, conn.answered)

@@ -2,34 +2,81 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 from collections.abc import Callable
 from typing import Any
 
 from ..accesslog import AccessLog
 from ..config import Settings
+from ..logfiles import LogFiles
 from ..metrics import Metrics
 from ..wsgi import WSGIRunner
 from ..wsgi.environ import EnvironBuilder
 from ..wsgi.proxy import TrustedProxies
 from .listener import Listener
 from .reactor import Reactor, make_signal_handler
+from .tls import TLSContexts, connection_factory
+from .worker import READY, WorkerSlot
+
+
+def install_reload(contexts: TLSContexts | None, *, supervised: bool) -> None:
+    """SIGHUP in a serving process.
+
+    Under a master it is ignored here: the master answers SIGHUP by starting new
+    workers, which import the application and read the certificate afresh.
+    Alone, the process re-reads the TLS certificate and key for new connections
+    (open connections keep the context they started with, so nothing is dropped);
+    the application's code cannot be reloaded without a master, which the log
+    line says. Either way SIGHUP no longer kills the process, which would surprise
+    someone rotating files.
+    """
+    if supervised:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        return
+
+    def on_hup(signum: int, frame: object) -> None:
+        if contexts is not None:
+            contexts.reload()
+        else:
+            print("server: SIGHUP: no TLS certificate to reload", file=sys.stderr, flush=True)
+        _without_master(signum, frame)
+
+    signal.signal(signal.SIGHUP, on_hup)
 
 
 def serve(listeners: list[Listener], app: Callable[..., Any], settings: Settings, *, multiprocess: bool,
-          on_ready: Callable[[], None] | None = None, metrics: Metrics | None = None) -> int:
-    """Serve until SIGTERM/SIGINT, then shut down gracefully; returns the exit status."""
-    access_log = AccessLog() if settings.access_log else None
+          on_ready: Callable[[], None] | None = None, metrics: Metrics | None = None,
+          log_files: LogFiles | None = None, slot: WorkerSlot | None = None) -> int:
+    """Serve until SIGTERM/SIGINT, then shut down gracefully; returns the exit status.
+
+    ``slot`` is given in a worker of a pre-fork master (arbiter.py): the event loop
+    beats in it, and says when it is ready and when it served its --max-requests.
+    """
+    log_files = log_files or LogFiles()
+    if slot is not None:
+        log_files.reopen()  # in case SIGUSR1 came while this worker was starting
+    access_log = AccessLog(log_files.access_fd) if settings.access_log else None
     host, port = _server_name(listeners)
     environ = EnvironBuilder(server_name=host, server_port=port,
                              proxies=TrustedProxies(settings.forwarded_allow_ips), multiprocess=multiprocess)
     runner = WSGIRunner(app, environ, server_header=settings.server_header, access_log=access_log)
+    contexts = TLSContexts(settings) if settings.certfile else None
+    proxy_trusts = TrustedProxies(settings.forwarded_allow_ips).trusts if settings.proxy_protocol else None
+    make = connection_factory(contexts, proxy_trusts)
+    for listener in listeners:
+        if make is not None and listener.kind == "tcp":  # TLS and the PROXY protocol are for TCP listeners
+            listener.extra["connection"] = make
     reactor = Reactor(listeners, runner, settings, access_log, exclusive_accept=multiprocess,
                       metrics=metrics.recorders() if metrics is not None else None)
-    handler = make_signal_handler(reactor)
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    _handle_signals(reactor, access_log, log_files, supervised=slot is not None)
+    install_reload(contexts, supervised=slot is not None)
+    if slot is not None:
+        reactor.on_tick = slot.ticker(lambda: reactor.served)
     reactor.start()
+    if slot is not None:
+        slot.set_state(READY)
     if on_ready is not None:
         on_ready()
     try:
@@ -38,6 +85,36 @@ def serve(listeners: list[Listener], app: Callable[..., Any], settings: Settings
         if access_log is not None:
             access_log.close()
     return 0
+
+
+def _handle_signals(reactor: Reactor, access_log: AccessLog | None, log_files: LogFiles, *,
+                    supervised: bool) -> None:
+    """TERM/INT: graceful shutdown. QUIT: exit now. USR1: reopen log files. TTIN, TTOU: the master's.
+
+    Without a master (one process, no --master) there are no workers to add or
+    remove, so TTIN and TTOU are answered with a log line saying how to get them,
+    instead of their default action (stopping the process).
+    """
+    stop = make_signal_handler(reactor)
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGQUIT, lambda signum, frame: _exit_now(access_log))
+    signal.signal(signal.SIGUSR1, lambda signum, frame: log_files.reopen())
+    for signum in (signal.SIGTTIN, signal.SIGTTOU):
+        signal.signal(signum, signal.SIG_IGN if supervised else _without_master)
+
+
+def _without_master(signum: int, frame: object) -> None:
+    print(f"server: {signal.Signals(signum).name}: this server runs without a master process, so there are no "
+          "workers to reload or resize; start it with --master (or --workers 2+, --reload, --max-requests) for "
+          "that", file=sys.stderr, flush=True)
+
+
+def _exit_now(access_log: AccessLog | None) -> None:
+    """SIGQUIT: fast shutdown. Connections are cut; only the access-log lines already made are kept."""
+    if access_log is not None:
+        access_log.flush()
+    os._exit(0)
 
 
 def _server_name(listeners: list[Listener]) -> tuple[str, int]:

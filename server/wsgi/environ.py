@@ -34,7 +34,7 @@ class EnvironBuilder:
             "RAW_URI": "", "wsgi.input": None, "wsgi.url_scheme": "http", "REMOTE_ADDR": "", "REMOTE_PORT": "",
         }
 
-    def build(self, request: Request, peer: tuple[str, int]) -> dict[str, Any]:
+    def build(self, request: Request, peer: tuple[Any, ...]) -> dict[str, Any]:
         path = request.path
         if "%" in path:
             path = unquote_to_bytes(path).decode("latin-1")
@@ -53,6 +53,8 @@ class EnvironBuilder:
         env["wsgi.url_scheme"] = request.scheme or "http"
         env["REMOTE_ADDR"] = peer[0]
         env["REMOTE_PORT"] = str(peer[1])
+        if len(peer) > 2:  # a TLS connection: https and what its handshake established (server/transport/tls.py)
+            env.update(peer[2])
         if body or request.chunked or request.method in _BODY_METHODS:
             env["CONTENT_LENGTH"] = str(len(body))
         keys = _KEYS

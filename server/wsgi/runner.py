@@ -31,6 +31,13 @@ class Sink(Protocol):
     def send_response(self, data: bytes) -> None:
         """A whole answer; the transport may hold it briefly to write it together with others."""
 
+    def more_requests_sent(self) -> bool:
+        """Asked only while the server is closing: has the client already sent another request?
+
+        If so, this answer keeps the connection open so that request is answered too;
+        closing would make the client find out and retry it, which only idempotent ones may.
+        """
+
     # Set by the runner once an answer is complete, for the transport's metrics: its status code and
     # the bytes handed over (head included).
     status: int
@@ -61,12 +68,14 @@ class ResponseAborted(Exception):
 class _Exchange:
     """The state of one request/response pair as the application drives it."""
 
-    __slots__ = ("_send", "bytes_sent", "fields", "keep_alive", "plan", "request", "runner", "status", "wrote")
+    __slots__ = ("_send", "bytes_sent", "fields", "keep_alive", "plan", "request", "runner", "sink", "status",
+                 "wrote")
 
-    def __init__(self, runner: WSGIRunner, request: Request, send: Send, keep_alive: bool) -> None:
+    def __init__(self, runner: WSGIRunner, request: Request, sink: Sink, keep_alive: bool) -> None:
         self.runner = runner
         self.request = request
-        self._send = send
+        self.sink = sink
+        self._send = sink.send_all
         self.wrote = 0  # bytes handed to the sink, head and framing included
         self.keep_alive = keep_alive
         self.status: str | None = None
@@ -97,8 +106,9 @@ class _Exchange:
             raise AssertionError("the application returned without calling start_response")
         runner = self.runner
         http11, method = self.request.http11, self.request.method
-        self.plan = frame(fields, http11, method == "HEAD", self.keep_alive and not runner.closing, length_hint,
-                          runner.dates.now(), runner.server_header)
+        keep = self.keep_alive and (not runner.closing or self.sink.more_requests_sent())
+        self.plan = frame(fields, http11, method == "HEAD", keep, length_hint, runner.dates.now(),
+                          runner.server_header)
         return self.plan
 
     def write(self, data: bytes) -> None:
@@ -149,7 +159,8 @@ class WSGIRunner:
         self.server_header = server_header
         self.access_log = access_log
         self.dates = DateCache()
-        self.closing = False  # set at shutdown: responses from then on carry Connection: close
+        # Set at shutdown: from then on each connection's last answer carries Connection: close.
+        self.closing = False
 
     def run(self, request: Request, peer: tuple[str, int], sink: Sink, keep_alive: bool) -> bool:
         """Answer one request; True when the connection may carry another.
@@ -158,7 +169,7 @@ class WSGIRunner:
         """
         log = self.access_log
         started = time.perf_counter() if log is not None else 0.0
-        exchange = _Exchange(self, request, sink.send_all, keep_alive)
+        exchange = _Exchange(self, request, sink, keep_alive)
         env = self.environ.build(request, peer)
         try:
             result = self.app(env, exchange.start_response)

@@ -1,0 +1,408 @@
+"""TLS on the reactor's connections: the context from the settings, and a socket-like stream over ssl.SSLObject.
+
+Why ``ssl.SSLObject`` over two ``ssl.MemoryBIO``s, not a non-blocking ``SSLSocket``
+-------------------------------------------------------------------------------------
+The reactor reads a connection with one ``recv`` and relies on edge-triggered
+readiness: after a short read the kernel buffer is empty, so the next arrival
+will be reported. An ``SSLSocket`` breaks that promise: it reads whole records
+from the kernel and may keep decrypted bytes (``pending()``) or further records
+that no poll will ever report, and it signals "no data" with ``SSLWantReadError``
+instead of ``BlockingIOError``. Every read site would need TLS special cases.
+
+With the memory BIOs this module owns the raw socket. ``TLSStream.recv`` reads
+ciphertext with a plain ``recv``, decrypts *everything* that arrived, and keeps
+the socket contract the reactor already relies on: ``BlockingIOError`` when no
+plaintext is available, ``b""`` at EOF, and a full-sized result whenever more
+is waiting (decrypted bytes kept back, or a full raw read), so the reactor reads
+again exactly as it does for plain sockets. Nothing can hide from the poller.
+
+The handshake is the first phase of the same ``recv``: each arrival of bytes is
+fed to OpenSSL and answered without waiting; until the handshake is complete
+``recv`` says "nothing yet", so the reactor just re-arms the connection. No
+thread ever waits for a client's handshake; a client that stalls or never sends
+a ClientHello is an idle connection in the poller, dropped by the sweep after
+``--header-timeout`` from accept like any client that sends no request (there is
+no separate setting: the handshake is part of getting the first request).
+
+Writes: plaintext is encrypted into a ciphertext buffer, which goes to the
+kernel without waiting. ``TLSConnection`` (a ``Connection``) overrides the four
+writing methods so "flushed" means the ciphertext left too, which keeps held
+(batched) answers, 100-continue, streamed bodies and the send timeout for slow
+readers working unchanged. Plain connections keep the base class: the plain
+path has no TLS check anywhere except one tuple-length test when the environ
+is built (see ``server/wsgi/environ.py``).
+
+The trade-off: one extra copy of each buffer between the BIOs and the socket,
+and the ciphertext of a big streamed answer is held in memory up to
+``_CHUNK`` bytes at a time. What would break: reading the raw socket anywhere
+but here (bytes would bypass OpenSSL), or a TLS first flight (server hello and
+certificate chain) that does not fit the socket's send buffer at once - that
+connection is dropped rather than waited for, which takes a certificate chain
+of hundreds of kilobytes.
+
+The PROXY header, when enabled, comes before the ClientHello on the wire and is
+taken off first (``proxy_protocol.take_header``); the bytes after it are left
+in the kernel for the handshake.
+
+Certificate rotation: ``TLSContexts.reload`` builds a new context from the
+files; connections accepted afterwards use it, connections already open keep
+the one they started with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import ssl
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..config import Settings
+from ..protocol import RequestParser
+from ..protocol.writer import error_response, http_date
+from .connection import Connection, SendTimeout
+from .proxy_protocol import take_header
+
+_RAW = 65536  # ciphertext read per recv
+_CHUNK = 65536  # plaintext encrypted at a time by send_all: bounds the ciphertext held in memory
+CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+_MAX_HELLO_READS = 4  # raw reads per readiness event while handshaking (a ClientHello is a few hundred bytes)
+
+
+def build_context(settings: Settings) -> ssl.SSLContext:
+    """A server context from the settings: TLS 1.2 minimum, ALPN http/1.1, client certificates as asked.
+
+    Raises OSError/ssl.SSLError/ValueError with a message fit for the operator when a file is wrong.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    context.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)  # client-initiated renegotiation is a DoS lever
+    password = None
+    if settings.keyfile_password_file:
+        with open(settings.keyfile_password_file, "rb") as handle:
+            password = handle.read().rstrip(b"\r\n")
+    context.load_cert_chain(settings.certfile, settings.keyfile or None, password=password)
+    if settings.ca_certs:
+        context.load_verify_locations(cafile=settings.ca_certs)
+    elif settings.cert_reqs != "none":
+        raise ValueError(f"--cert-reqs {settings.cert_reqs} needs --ca-certs to verify client certificates")
+    context.verify_mode = CERT_REQS[settings.cert_reqs]
+    if settings.ciphers:
+        context.set_ciphers(settings.ciphers)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+class TLSContexts:
+    """The context new connections get; ``reload`` swaps it (one attribute store, so no lock is needed)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.context = build_context(settings)
+
+    def reload(self) -> bool:
+        """Re-read certificate and key from disk; on any error keep serving with the old ones."""
+        try:
+            self.context = build_context(self.settings)
+        except (OSError, ValueError) as exc:
+            print(f"server: TLS reload failed, keeping the current certificate: {exc}", file=sys.stderr, flush=True)
+            return False
+        print(f"server: TLS certificate reloaded from {self.settings.certfile}", file=sys.stderr, flush=True)
+        return True
+
+
+class TLSStream:
+    """The socket a TLS connection's owner reads and writes: plaintext in and out, ciphertext on the wire.
+
+    Only the connection's owner (the thread holding ``conn.lock``) calls it.
+    """
+
+    __slots__ = ("_cipher", "_eof", "_in", "_out", "_plain", "_proxy", "closing", "conn", "handshaken", "raw", "tls")
+
+    def __init__(self, raw: socket.socket, context: ssl.SSLContext, conn: Connection,
+                 proxy: Callable[[str], bool] | None) -> None:
+        self.raw = raw
+        self.conn: Connection | None = conn
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self._in, self._out, server_side=True)
+        self._proxy = proxy  # the trust test while a PROXY header is still due, else None
+        self._plain = bytearray()  # decrypted, not yet returned
+        self._cipher = bytearray()  # encrypted, not yet accepted by the kernel
+        self._eof = False
+        self.handshaken = False
+        self.closing = False  # after our close_notify: reads drain raw bytes
+
+    # -- reading ------------------------------------------------------------------------------------------
+
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        if flags or self.closing:
+            return self.raw.recv(size, flags)
+        if not self.handshaken:
+            self._handshake()
+        return self._read(size)
+
+    def _handshake(self) -> None:
+        conn = self.conn
+        if self._proxy is not None:
+            assert conn is not None
+            take_header(self.raw, conn, self._proxy, plain=False)
+            self._proxy = None
+        for _ in range(_MAX_HELLO_READS):  # until the kernel buffer is empty, or the next edge is lost
+            data = self.raw.recv(_RAW)
+            if not data:
+                raise ConnectionAbortedError("client closed during the TLS handshake")
+            self._in.write(data)
+            if len(data) < _RAW:
+                break
+        try:
+            self.tls.do_handshake()
+        except ssl.SSLWantReadError:
+            if not self._push_out():
+                raise ConnectionAbortedError("TLS handshake flight did not fit the send buffer") from None
+            raise BlockingIOError from None
+        except ssl.SSLError as exc:
+            if exc.reason == "HTTP_REQUEST":  # OpenSSL recognised a plain HTTP request: say so, briefly
+                with contextlib.suppress(OSError):
+                    self.raw.send(error_response(400, "this port speaks HTTPS; a plain HTTP request was sent to it",
+                                                 date=http_date(time.time())))
+            else:
+                self._push_out()  # the alert, so the client knows why
+            with contextlib.suppress(OSError):
+                self.raw.shutdown(socket.SHUT_WR)
+            raise
+        self.handshaken = True
+        self._push_out()  # the last of the handshake (TLS 1.3 session tickets)
+        if conn is not None:
+            conn.peer = (conn.peer[0], conn.peer[1], self.environ())
+
+    def _read(self, size: int) -> bytes:
+        plain = self._plain
+        while True:
+            self._decrypt()
+            if len(plain) >= size or self._eof:
+                break
+            try:
+                data = self.raw.recv(_RAW)
+            except BlockingIOError:
+                break
+            if not data:
+                self._eof = True
+                break
+            self._in.write(data)
+            if len(data) < _RAW:  # the kernel buffer is empty: the next arrival will be polled
+                self._decrypt()
+                break
+        if self._out.pending:  # the peer's records may need an answer (key update, alert)
+            self._push_out()
+        if plain:
+            if len(plain) <= size:
+                data = bytes(plain)
+                plain.clear()
+            else:
+                data = bytes(plain[:size])  # exactly size: the reactor will read again for the rest
+                del plain[:size]
+            return data
+        if self._eof:
+            return b""
+        raise BlockingIOError
+
+    def _decrypt(self) -> None:
+        tls, plain = self.tls, self._plain
+        while self._in.pending or tls.pending():
+            try:
+                data = tls.read(_RAW)
+            except ssl.SSLWantReadError:
+                return
+            except ssl.SSLZeroReturnError:  # close_notify: the client is done sending
+                self._eof = True
+                return
+            if not data:
+                return
+            plain += data
+
+    def has_unread_input(self) -> bool:
+        if self._plain or self._in.pending:
+            return True
+        try:
+            self.raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            return True
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
+    # -- writing ---------------------------------------------------------------------------------------------
+
+    def encrypt(self, data: bytes | memoryview) -> None:
+        self.tls.write(data)
+        self._cipher += self._out.read()
+
+    def push(self) -> bool:
+        """Hand queued ciphertext to the kernel without waiting; True when none is left."""
+        cipher = self._cipher
+        if not cipher:
+            return True
+        try:
+            sent = self.raw.send(cipher)
+        except BlockingIOError:
+            return False
+        del cipher[:sent]
+        return not cipher
+
+    def _push_out(self) -> bool:
+        if self._out.pending:
+            self._cipher += self._out.read()
+        try:
+            return self.push()
+        except OSError:
+            return False
+
+    # -- socket-like rest --------------------------------------------------------------------------------
+
+    def shutdown(self, how: int) -> None:
+        """Our close_notify, then the TCP half-close; reads from now on only drain the connection."""
+        if self.handshaken and not self.closing:
+            with contextlib.suppress(ssl.SSLError, ValueError):
+                self.tls.unwrap()  # writes close_notify; waiting for the client's is not needed
+            self._push_out()
+        self.closing = True
+        self.raw.shutdown(how)
+
+    def fileno(self) -> int:
+        return self.raw.fileno()
+
+    def close(self) -> None:
+        self.conn = None
+        self.raw.close()
+
+    def environ(self) -> dict[str, Any]:
+        """What the application learns about this TLS connection (keys documented in docs/tls.md)."""
+        tls = self.tls
+        env: dict[str, Any] = {"wsgi.url_scheme": "https", "HTTPS": "on", "SSL_PROTOCOL": tls.version() or "",
+                               "SSL_CIPHER": (tls.cipher() or ("",))[0]}
+        cert = tls.getpeercert()
+        if not cert:
+            env["SSL_CLIENT_VERIFY"] = "NONE"
+            return env
+        env["SSL_CLIENT_VERIFY"] = "SUCCESS"  # the context verified it, or the handshake would have failed
+        env["SSL_CLIENT_S_DN"] = _dn(cert.get("subject", ()))
+        env["SSL_CLIENT_I_DN"] = _dn(cert.get("issuer", ()))
+        env["SSL_CLIENT_S_DN_CN"] = _dn_field(cert.get("subject", ()), "commonName")
+        env["SSL_CLIENT_SERIAL"] = cert.get("serialNumber", "")
+        env["SSL_CLIENT_V_START"] = cert.get("notBefore", "")
+        env["SSL_CLIENT_V_END"] = cert.get("notAfter", "")
+        der = tls.getpeercert(binary_form=True)
+        if der:
+            env["SSL_CLIENT_CERT"] = ssl.DER_cert_to_PEM_cert(der)
+        return env
+
+
+_DN_SHORT = {"commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU", "countryName": "C",
+             "stateOrProvinceName": "ST", "localityName": "L", "emailAddress": "emailAddress",
+             "domainComponent": "DC", "serialNumber": "serialNumber"}
+
+
+def _dn(rdns: Any) -> str:
+    """A distinguished name as RFC 4514 writes it (most specific first), e.g. ``CN=alice,O=Example``."""
+    parts = []
+    for rdn in reversed(rdns):
+        parts.append("+".join(f"{_DN_SHORT.get(key, key)}={_escape(value)}" for key, value in rdn))
+    return ",".join(parts)
+
+
+def _escape(value: str) -> str:
+    out = "".join("\\" + c if c in ',+"\\<>;=' else c for c in value)
+    if out[:1] in ("#", " "):
+        out = "\\" + out
+    if out.endswith(" "):
+        out = out[:-1] + "\\ "
+    return out
+
+
+def _dn_field(rdns: Any, name: str) -> str:
+    for rdn in rdns:
+        for key, value in rdn:
+            if key == name:
+                return value
+    return ""
+
+
+class TLSConnection(Connection):
+    """A connection whose socket is a TLSStream: "written" means the ciphertext reached the kernel."""
+
+    __slots__ = ()
+    is_tls = True  # no os.sendfile: file bodies must go through encryption
+
+    def flush(self) -> bool:
+        stream = self.sock
+        out = self.out
+        if out:
+            self.out = b""
+            stream.encrypt(out)
+        return stream.push()
+
+    def send_all(self, data: bytes) -> None:
+        if self.out:
+            data = self.out + data
+            self.out = b""
+        stream = self.sock
+        if len(data) <= _CHUNK:
+            if data:
+                stream.encrypt(data)
+            if not stream.push():
+                self._wait(stream)
+            return
+        view = memoryview(data)
+        for start in range(0, len(view), _CHUNK):
+            stream.encrypt(view[start:start + _CHUNK])
+            if not stream.push():
+                self._wait(stream)
+
+    def _wait(self, stream: TLSStream) -> None:
+        waiter = select.poll()
+        waiter.register(self.fd, select.POLLOUT)
+        while not stream.push():
+            if not waiter.poll(self.send_timeout * 1000):
+                raise SendTimeout(f"client did not read for {self.send_timeout:g} s")
+
+    def send_nowait(self, data: bytes) -> bool:
+        if self.out:
+            data = self.out + data
+            self.out = b""
+        try:
+            self.sock.encrypt(data)
+            return self.sock.push()
+        except (OSError, ValueError):
+            return False
+
+    def has_unread_input(self) -> bool:
+        return self.sock.has_unread_input()
+
+
+def connection_factory(contexts: TLSContexts | None, proxy_trusts: Callable[[str], bool] | None
+                       ) -> Callable[..., Connection] | None:
+    """What the reactor builds accepted sockets into, or None for the plain default (no wrapper at all)."""
+    if contexts is not None:
+        def tls_connection(sock: socket.socket, peer: tuple[str, int], parser: RequestParser, now: float,
+                           send_timeout: float) -> Connection:
+            conn = TLSConnection(sock, peer, parser, now, send_timeout)
+            conn.sock = TLSStream(sock, contexts.context, conn, proxy_trusts)  # type: ignore[assignment]
+            return conn
+
+        return tls_connection
+    if proxy_trusts is not None:
+        from .proxy_protocol import ProxyPreamble
+
+        def proxied_connection(sock: socket.socket, peer: tuple[str, int], parser: RequestParser, now: float,
+                               send_timeout: float) -> Connection:
+            conn = Connection(sock, peer, parser, now, send_timeout)
+            conn.sock = ProxyPreamble(sock, conn, proxy_trusts)  # type: ignore[assignment]
+            return conn
+
+        return proxied_connection
+    return None

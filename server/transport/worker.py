@@ -1,0 +1,71 @@
+"""What a pre-forked worker and its master share: one small slot of memory per worker.
+
+The master must notice a worker whose event loop is stuck (in C code, in a
+deadlock, stopped), learn when a new worker is ready to serve, and hear when a
+worker has served its ``--max-requests``. A pipe or a signal per event would
+work, but the heartbeat is the frequent one and it should cost the worker
+nothing it would notice: here it is a store of one double into memory the
+master mapped before forking (``mmap`` of anonymous shared memory), no system
+call at all. ``CLOCK_MONOTONIC`` is the same clock in every process, so the
+master compares the worker's stamp with its own ``time.monotonic()``.
+
+The heartbeat comes from the worker's main thread, the loop that also watches
+the request threads (see reactor.py), never from a request thread: a slow
+request only keeps a request thread busy, so it cannot stop the heartbeat, and
+a worker whose main thread cannot run (the GIL held by C code, a SIGSTOP, a
+deadlock that reaches the main loop) stops beating and is replaced.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+from collections.abc import Callable
+
+BOOTING, READY, RECYCLE = 0, 1, 2  # the worker's state, as the master reads it
+EXIT_BOOT_FAILED = 3  # a worker that could not load the application exits with this
+
+_LAYOUT = struct.Struct("=dI")  # last heartbeat (monotonic seconds), state
+
+
+class WorkerSlot:
+    """Created by the master before the fork; both sides keep their mapping of the same memory."""
+
+    __slots__ = ("_mem", "max_requests")
+
+    def __init__(self, now: float, max_requests: int = 0) -> None:
+        self._mem = mmap.mmap(-1, _LAYOUT.size)  # MAP_SHARED | MAP_ANONYMOUS: survives fork as shared
+        self.max_requests = max_requests  # this worker's limit, jitter included; 0 for none
+        _LAYOUT.pack_into(self._mem, 0, now, BOOTING)
+
+    # -- the worker's side --------------------------------------------------------------------------------
+
+    def beat(self, now: float) -> None:
+        struct.pack_into("=d", self._mem, 0, now)
+
+    def set_state(self, state: int) -> None:
+        struct.pack_into("=I", self._mem, 8, state)
+
+    def ticker(self, served: Callable[[], int]) -> Callable[[float], None]:
+        """The hook the event loop's main thread calls each time round: beat, and ask to be recycled once."""
+        limit = self.max_requests
+        asked = False
+
+        def tick(now: float) -> None:
+            nonlocal asked
+            self.beat(now)
+            if limit and not asked and served() >= limit:
+                asked = True
+                self.set_state(RECYCLE)
+
+        return tick
+
+    # -- the master's side --------------------------------------------------------------------------------
+
+    def read(self) -> tuple[float, int]:
+        """(last heartbeat, state)."""
+        beat, state = _LAYOUT.unpack_from(self._mem, 0)
+        return beat, state
+
+    def close(self) -> None:
+        self._mem.close()

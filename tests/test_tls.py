@@ -1,0 +1,388 @@
+"""TLS listeners over real sockets: the environ, client certificates, bad clients, stalled handshakes, rotation.
+
+Certificates are made by the ``tls_certs`` fixture (cryptography); the client side is the standard
+library's ``ssl`` module, and certificate facts are checked against what cryptography reads from the
+files, not against the server's own formatting code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import selectors
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import threading
+import time
+import warnings
+
+import pytest
+from conftest import RawClient, get, proc_threads, wait_until
+
+
+@pytest.fixture
+def tls_echo(server_factory, tls_certs):
+    return server_factory("--app", "apps:echo", "--no-access-log", "--certfile", str(tls_certs.server_cert),
+                          "--keyfile", str(tls_certs.server_key), "--ca-certs", str(tls_certs.ca_cert),
+                          "--cert-reqs", "optional")
+
+
+def _info(client: RawClient, path: str = "/") -> dict:
+    status, _, body = client.request(get(path))
+    assert status == 200
+    return json.loads(body)
+
+
+def test_environ_says_https_and_carries_the_client_certificate(tls_echo, tls_certs):
+    from cryptography import x509
+
+    anonymous = RawClient.connect(tls_echo.address, tls=tls_certs.client_context())
+    try:
+        info = _info(anonymous)
+    finally:
+        anonymous.close()
+    assert info["scheme"] == "https"
+    assert info["tls"]["HTTPS"] == "on" and info["tls"]["SSL_CLIENT_VERIFY"] == "NONE"
+    assert info["tls"]["SSL_PROTOCOL"] in ("TLSv1.2", "TLSv1.3")
+    assert "SSL_CLIENT_S_DN" not in info["tls"]
+
+    known = RawClient.connect(tls_echo.address, tls=tls_certs.client_context(with_cert=True))
+    try:
+        info = _info(known)
+        cipher = known.sock.cipher()[0]
+    finally:
+        known.close()
+    tls = info["tls"]
+    cert = x509.load_pem_x509_certificate(tls_certs.client_cert.read_bytes())
+    assert tls["SSL_CLIENT_VERIFY"] == "SUCCESS"
+    assert tls["SSL_CLIENT_S_DN"] == cert.subject.rfc4514_string() == "CN=alice,O=calc tests"
+    assert tls["SSL_CLIENT_I_DN"] == cert.issuer.rfc4514_string()
+    assert tls["SSL_CLIENT_S_DN_CN"] == "alice"
+    assert int(tls["SSL_CLIENT_SERIAL"], 16) == cert.serial_number
+    sent = x509.load_pem_x509_certificate(tls["SSL_CLIENT_CERT"].encode())
+    assert sent.fingerprint(sent.signature_hash_algorithm) == cert.fingerprint(cert.signature_hash_algorithm)
+    assert tls["SSL_CIPHER"] == cipher
+
+
+def test_required_client_certificate_refuses_anonymous_clients(server_factory, tls_certs):
+    server = server_factory("--app", "apps:echo", "--no-access-log", "--certfile", str(tls_certs.server_cert),
+                            "--keyfile", str(tls_certs.server_key), "--ca-certs", str(tls_certs.ca_cert),
+                            "--cert-reqs", "required")
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        client = RawClient.connect(server.address, tls=tls_certs.client_context())
+        try:
+            client.request(get("/"))  # under TLS 1.3 the refusal arrives after the client's side finished
+        finally:
+            client.close()
+    known = RawClient.connect(server.address, tls=tls_certs.client_context(with_cert=True))
+    try:
+        assert _info(known)["tls"]["SSL_CLIENT_S_DN_CN"] == "alice"
+    finally:
+        known.close()
+    assert "Traceback" not in server.output()
+
+
+def test_alpn_is_http11_and_tls_below_12_is_refused(tls_echo, tls_certs):
+    context = tls_certs.client_context()
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    client = RawClient.connect(tls_echo.address, tls=context)
+    try:
+        assert client.sock.selected_alpn_protocol() == "http/1.1"
+        assert client.request(get("/"))[0] == 200
+    finally:
+        client.close()
+    old = tls_certs.client_context()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the point is to offer what is deprecated
+        old.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+        old.maximum_version = ssl.TLSVersion.TLSv1_1
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        RawClient.connect(tls_echo.address, tls=old).close()
+    twelve = tls_certs.client_context()
+    twelve.maximum_version = ssl.TLSVersion.TLSv1_2
+    client = RawClient.connect(tls_echo.address, tls=twelve)
+    try:
+        assert _info(client)["tls"]["SSL_PROTOCOL"] == "TLSv1.2"
+    finally:
+        client.close()
+
+
+def test_plain_http_to_a_tls_port_gets_a_short_400_and_is_closed(tls_echo):
+    with socket.create_connection(tls_echo.address, timeout=5) as sock:
+        started = time.monotonic()
+        sock.sendall(get("/plain"))
+        data = b""
+        while chunk := sock.recv(4096):
+            data += chunk
+        elapsed = time.monotonic() - started
+    assert data.startswith(b"HTTP/1.1 400 ") and b"plain HTTP request" in data
+    assert elapsed < 2
+    with socket.create_connection(tls_echo.address, timeout=5) as sock:  # not HTTP, not TLS: just closed
+        sock.sendall(b"\x00\x01garbage" * 10)
+        assert sock.recv(4096) == b""
+    assert "Traceback" not in tls_echo.output()
+
+
+def test_big_and_streamed_answers_arrive_whole_over_tls(server_factory, tls_certs):
+    server = server_factory("--app", "apps:big", "--no-access-log", "--certfile", str(tls_certs.server_cert),
+                            "--keyfile", str(tls_certs.server_key))
+    server.tls = tls_certs.client_context()
+    client = server.connect(timeout=20)
+    try:
+        for size in (1, 16383, 16385, 65537, 5 << 20):
+            status, headers, body = client.request(get(f"/?bytes={size}"), timeout=20)
+            assert status == 200 and len(body) == size == int(headers["content-length"]) and body == b"x" * size
+    finally:
+        client.close()
+
+
+def test_tls_slow_reader_is_dropped_after_the_send_timeout(server_factory, tls_certs):
+    server = server_factory("--app", "apps:big", "--threads", "1", "--send-timeout", "1", "--no-access-log",
+                            "--certfile", str(tls_certs.server_cert), "--keyfile", str(tls_certs.server_key))
+    server.tls = tls_certs.client_context()
+    threads_before = proc_threads(server.proc.pid)
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.connect(server.address)
+    reader = tls_certs.client_context().wrap_socket(raw, server_hostname="localhost")
+    size = 64 << 20
+    try:
+        reader.sendall(get(f"/?bytes={size}"))
+        reader.settimeout(5)
+        assert reader.recv(1024).startswith(b"HTTP/1.1 200 ")  # and now we stop reading
+        started = time.monotonic()  # the handshake needs the only thread too, so the wait counts from here
+        other = server.connect(timeout=15)
+        try:
+            assert other.request(get("/?bytes=5"), timeout=15)[::2] == (200, b"xxxxx")
+            waited = time.monotonic() - started
+        finally:
+            other.close()
+        received = 0
+        reader.settimeout(10)
+        while True:
+            try:
+                chunk = reader.recv(1 << 20)
+            except (ConnectionResetError, ssl.SSLError):
+                break
+            if not chunk:
+                break
+            received += len(chunk)
+    finally:
+        reader.close()
+    assert received < size // 2
+    assert waited > 0.5, "the slow reader never held the only worker"
+    assert proc_threads(server.proc.pid) == threads_before
+    assert "Traceback" not in server.output()
+
+
+def test_encrypted_key_with_a_password_file_and_bad_tls_settings(server_factory, tls_certs, tmp_path):
+    cert, key = tls_certs.issue("locked", "localhost", password=b"s3cret")
+    password = tmp_path / "password"
+    password.write_text("s3cret\n")
+    server = server_factory("--app", "apps:echo", "--no-access-log", "--certfile", str(cert), "--keyfile", str(key),
+                            "--keyfile-password-file", str(password))
+    assert server.output().count("https://") == 1
+    client = RawClient.connect(server.address, tls=tls_certs.client_context())
+    try:
+        assert _info(client)["scheme"] == "https"
+    finally:
+        client.close()
+
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    password.write_text("wrong\n")
+    cases = [
+        ([str(cert), "--keyfile", str(key), "--keyfile-password-file", str(password)], "cannot set up TLS"),
+        ([str(cert), "--keyfile", str(tls_certs.server_key)], "key values mismatch"),
+        ([str(tls_certs.server_cert), "--keyfile", str(tls_certs.server_key), "--cert-reqs", "required"],
+         "needs --ca-certs"),
+        ([str(cert), "--keyfile", str(tmp_path / "missing.key")], "No such file"),
+    ]
+    for extra, message in cases:
+        proc = subprocess.run([sys.executable, "-m", "server", "--port", "0", "--certfile", *extra],
+                              cwd=ROOT, capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_tls_with_pre_forked_workers(server_factory, tls_certs):
+    server = server_factory("--app", "apps:echo", "--no-access-log", "--workers", "2",
+                            "--certfile", str(tls_certs.server_cert), "--keyfile", str(tls_certs.server_key))
+    pids = set()
+    for _ in range(20):
+        client = RawClient.connect(server.address, tls=tls_certs.client_context())
+        try:
+            info = _info(client)
+        finally:
+            client.close()
+        assert info["scheme"] == "https"
+        pids.add(info["pid"])
+    assert server.proc.pid not in pids
+
+
+# -- certificate rotation ------------------------------------------------------------------------------------
+
+def _fingerprint(client: RawClient) -> str:
+    return hashlib.sha256(client.sock.getpeercert(binary_form=True)).hexdigest()
+
+
+def _file_fingerprint(path) -> str:
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(path.read_text())).hexdigest()
+
+
+def test_sighup_reloads_the_certificate_for_new_connections_only(server_factory, tls_certs, tmp_path):
+    cert, key = tmp_path / "live.pem", tmp_path / "live.key"
+    shutil.copy(tls_certs.server_cert, cert)
+    shutil.copy(tls_certs.server_key, key)
+    server = server_factory("--app", "apps:echo", "--no-access-log", "--certfile", str(cert), "--keyfile", str(key))
+    context = tls_certs.client_context()
+    kept = RawClient.connect(server.address, tls=context)
+    assert _fingerprint(kept) == _file_fingerprint(tls_certs.server_cert)
+    assert _info(kept, "/before")["path"] == "/before"
+
+    new_cert, new_key = tls_certs.issue("rotated", "localhost")
+    shutil.copy(new_cert, cert)
+    shutil.copy(new_key, key)
+    server.signal(signal.SIGHUP)
+    server.wait_for_line(r"TLS certificate reloaded")
+    fresh = RawClient.connect(server.address, tls=context)
+    try:
+        assert _fingerprint(fresh) == _file_fingerprint(new_cert) != _file_fingerprint(tls_certs.server_cert)
+        assert _info(fresh)["scheme"] == "https"
+        # the connection opened before the rotation is still served, with the certificate it started with
+        assert _info(kept, "/after")["path"] == "/after"
+        assert _fingerprint(kept) == _file_fingerprint(tls_certs.server_cert)
+    finally:
+        fresh.close()
+        kept.close()
+
+    key.write_text("not a key\n")  # a broken rotation keeps the last good certificate
+    server.signal(signal.SIGHUP)
+    server.wait_for_line(r"TLS reload failed, keeping the current certificate")
+    client = RawClient.connect(server.address, tls=context)
+    try:
+        assert _fingerprint(client) == _file_fingerprint(new_cert)
+    finally:
+        client.close()
+    assert server.proc.poll() is None and "Traceback" not in server.output()
+
+
+# -- stalled handshakes ------------------------------------------------------------------------------------------
+
+def _client_hello(context: ssl.SSLContext) -> bytes:
+    """The bytes of a real ClientHello, made without a network by a client SSLObject."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+class StalledHandshakes:
+    """Connections that stop inside the TLS handshake, a third in each way: silent (no ClientHello), half a
+    ClientHello, or a whole ClientHello and then nothing (the server has answered and waits for us)."""
+
+    def __init__(self, address: tuple[str, int], count: int, hello: bytes, deadline: float) -> None:
+        self.address = address
+        self.count = count
+        self.hello = hello
+        self.deadline = deadline
+        self.started = threading.Event()
+        self.opened: dict[int, float] = {}
+        self.closed_at: dict[int, float] = {}
+        self.received: dict[int, int] = {}
+        self.thread = threading.Thread(target=self._run, name="stalled-handshakes", daemon=True)
+
+    def _run(self) -> None:
+        socks: dict[int, socket.socket] = {}
+        selector = selectors.DefaultSelector()
+        try:
+            for i in range(self.count):
+                sock = socket.create_connection(self.address, timeout=5)
+                socks[i] = sock
+                self.opened[i] = time.monotonic()
+                if i % 3 == 1:
+                    sock.sendall(self.hello[:len(self.hello) // 2])
+                elif i % 3 == 2:
+                    sock.sendall(self.hello)
+                sock.setblocking(False)
+                self.received[i] = 0
+                selector.register(sock, selectors.EVENT_READ, i)
+            self.started.set()
+            while len(self.closed_at) < self.count and time.monotonic() < self.deadline:
+                for key, _ in selector.select(timeout=0.1):
+                    i = key.data
+                    try:
+                        data = socks[i].recv(65536)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        data = b""
+                    if data:
+                        self.received[i] += len(data)
+                    elif i not in self.closed_at:
+                        self.closed_at[i] = time.monotonic()
+                        selector.unregister(socks[i])
+        finally:
+            self.started.set()
+            selector.close()
+            for sock in socks.values():
+                sock.close()
+
+
+def test_stalled_handshakes_do_not_slow_tls_clients_and_are_dropped_at_the_header_timeout(server_factory, tls_certs):
+    header_timeout = 3.0
+    server = server_factory("--no-access-log", "--header-timeout", str(header_timeout),
+                            "--certfile", str(tls_certs.server_cert), "--keyfile", str(tls_certs.server_key))
+    context = server.tls = tls_certs.client_context()
+    stalled = StalledHandshakes(server.address, 1000, _client_hello(context), deadline=time.monotonic() + 30)
+    stalled.thread.start()
+    assert stalled.started.wait(20) and len(stalled.opened) == 1000
+
+    client = RawClient.connect(server.address, tls=context)
+    try:
+        latencies = []
+        pace = time.perf_counter()
+        for i in range(200):
+            pace += 0.005
+            time.sleep(max(0.0, pace - time.perf_counter()))
+            started = time.perf_counter()
+            status, _, body = client.request(get(f"/add/{i}/3"), timeout=5)
+            latencies.append(time.perf_counter() - started)
+            assert (status, body) == (200, b"%d" % (i + 3))
+        handshakes = []
+        for _ in range(20):  # new TLS clients complete their handshakes meanwhile
+            started = time.perf_counter()
+            fresh = RawClient.connect(server.address, tls=context)
+            try:
+                assert fresh.request(get("/add/1/1"))[::2] == (200, b"2")
+            finally:
+                fresh.close()
+            handshakes.append(time.perf_counter() - started)
+        still_stalled = 1000 - len(stalled.closed_at)
+    finally:
+        client.close()
+    stalled.thread.join(timeout=40)
+    p50, p99 = statistics.median(latencies), statistics.quantiles(latencies, n=100)[98]
+    lifetimes = [stalled.closed_at[i] - stalled.opened[i] for i in stalled.closed_at]
+    print(f"stalled TLS handshakes: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, max "
+          f"{max(latencies) * 1000:.1f} ms over 200 keep-alive requests with {still_stalled} handshakes stalled; "
+          f"new connection + request: median {statistics.median(handshakes) * 1000:.1f} ms, max "
+          f"{max(handshakes) * 1000:.1f} ms; {len(stalled.closed_at)} dropped after "
+          f"{min(lifetimes, default=0):.2f}-{max(lifetimes, default=0):.2f} s")
+
+    assert still_stalled == 1000, "stalled handshakes were dropped before the header timeout"
+    assert p99 < 0.100, f"p99 {p99 * 1000:.1f} ms with 1000 stalled handshakes"
+    assert len(stalled.closed_at) == 1000, "some stalled handshakes were never dropped"
+    assert min(lifetimes) > header_timeout - 0.5
+    assert max(lifetimes) < header_timeout + 5
+    answered = [stalled.received[i] for i in range(2, 1000, 3)]
+    assert all(answered), "a whole ClientHello was not answered with the server's flight"
+    assert not any(stalled.received[i] for i in range(0, 1000, 3)), "a silent client was sent something"
+    wait_until(lambda: server.connect().request(get("/healthz"))[0] == 200, timeout=5, what="health")
+    assert "Traceback" not in server.output()
