@@ -397,7 +397,8 @@ def test_locust_profile_runs_hardened_with_its_ui_on_loopback(stack, tmp_path):
     ui_port = free_port()
     loadtest = dataclasses.replace(stack, env={**stack.env, "LOCUST_IMAGE": image, "LOCUST_PORT": str(ui_port)})
     try:
-        loadtest.compose("--profile", "loadtest", "up", "-d", "--wait", "--wait-timeout", "120", "locust")
+        # --no-deps: nginx is up already, and `up` of a dependency would scale the server back to 1.
+        loadtest.compose("--profile", "loadtest", "up", "-d", "--no-deps", "--wait", "--wait-timeout", "120", "locust")
         (locust,) = loadtest.containers("locust")
         assert loadtest.inspect(locust, "{{.HostConfig.ReadonlyRootfs}} {{json .HostConfig.CapDrop}}") == \
             'true ["ALL"]'
@@ -430,6 +431,7 @@ def test_locust_profile_runs_hardened_with_its_ui_on_loopback(stack, tmp_path):
     finally:
         loadtest.compose("--profile", "loadtest", "rm", "-f", "-s", "locust", check=False)
         run([stack.docker, "rmi", "-f", image], check=False)
+    assert stack.all_healthy(REPLICAS + 1)  # the rest of the stack as it was
 
 
 def test_nginx_health(stack):
