@@ -368,7 +368,7 @@ def test_stuck_worker_is_killed_after_worker_timeout_and_replaced(versioned):
                           what="the stuck worker replaced")
     took = time.monotonic() - stopped
     print(f"worker timeout 2 s: stuck worker replaced after {took:.2f} s")
-    assert 1.8 <= took < 6
+    assert 1.5 <= took < 6  # the last heartbeat may have come up to 0.25 s before the SIGSTOP
     server.wait_for_line(rf"worker {victim} has not sent a heartbeat for [\d.]+ s \(--worker-timeout 2\)")
     assert len(replaced - workers) == 1
     with LoadPool(server.address, urllib3_clients=3, pipeliners=1) as pool:
@@ -401,7 +401,7 @@ def test_reload_watches_the_source_and_survives_a_syntax_error(app_dir, versione
         pool.wait_for(300)
         assert pool.answers[-1][1] == "v2"
         write_app(app_dir, "v3", broken=True)
-        server.wait_for_line(r"could not load the new code .*keep serving", timeout=30)
+        server.wait_for_line(r"could not load the new code .*the previous code keeps serving in 2 workers", timeout=30)
         broken_mark = len(pool.answers)
         pool.wait_for(300)
         assert proc_children(master) == second  # the workers with v2 are still the ones serving

@@ -181,8 +181,9 @@ class Arbiter:
     def _reload(self, why: str) -> None:
         self.generation += 1
         self._failed_generation = -1
-        _log(f"reloading ({why}): starting {self.size} new worker{'s' if self.size > 1 else ''}, "
-             "then stopping the old ones gracefully")
+        plural = "s" if self.size > 1 else ""
+        _log(f"reloading ({why}): starting {self.size} new worker{plural}, then stopping the old "
+             f"{'ones' if plural else 'one'} gracefully")
 
     # -- workers in, workers out ----------------------------------------------------------------------------
 
@@ -331,8 +332,8 @@ class Arbiter:
             self._startup_failed = True
             return
         old = self.serving
-        _log(f"worker {child.pid} could not load the new code (see above); "
-             f"{old} worker{'s' if old != 1 else ''} running the previous code keep serving until a reload succeeds")
+        _log(f"worker {child.pid} could not load the new code (see above); the previous code keeps serving in "
+             f"{old} worker{'s' if old != 1 else ''} until a reload succeeds")
 
     def _notify(self) -> None:
         for observer in self.observers:
