@@ -150,6 +150,45 @@ def paced(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(data)))])
     return [data]
 
+_closed_files: list[str] = []
+
+
+def files(environ, start_response):
+    """Serves the file named by $SERVED_FILE through environ["wsgi.file_wrapper"].
+
+    /file: the whole file (the server finds its size); ?offset=N seeks first; ?length=N declares that
+    Content-Length; /memory sends the same bytes from a BytesIO (no descriptor: iterated); /closed
+    counts the files whose close() the server called; anything else is a small list body.
+    """
+    import io
+
+    query = dict(part.partition("=")[::2] for part in environ.get("QUERY_STRING", "").split("&") if part)
+    path = environ["PATH_INFO"]
+    if path in ("/file", "/memory"):
+        name = os.environ["SERVED_FILE"]
+        if path == "/file":
+            handle = open(name, "rb")  # noqa: SIM115 - the server closes it, as PEP 3333 says
+        else:
+            with open(name, "rb") as source:
+                handle = io.BytesIO(source.read())
+        handle.seek(int(query.get("offset") or 0))
+        original_close = handle.close
+
+        def close():
+            _closed_files.append(path)
+            original_close()
+
+        handle.close = close
+        headers = [("Content-Type", "application/octet-stream")]
+        if "length" in query:
+            headers.append(("Content-Length", query["length"]))
+        start_response("200 OK", headers)
+        return environ["wsgi.file_wrapper"](handle, int(query.get("block") or 8192))
+    data = (str(len(_closed_files)) if path == "/closed" else path).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(data)))])
+    return [data]
+
+
 _batches = {"flushes": 0, "shared": 0}
 _batches_lock = threading.Lock()
 

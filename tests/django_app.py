@@ -1,6 +1,7 @@
 """A minimal single-file Django project, served unchanged by our server in the tests."""
 
 import json
+import os
 
 from django.conf import settings
 
@@ -16,7 +17,7 @@ if not settings.configured:
     )
 
 from django.core.wsgi import get_wsgi_application
-from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import FileResponse, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 
@@ -36,10 +37,16 @@ def stream(request):
     return StreamingHttpResponse((f"chunk {i}\n" for i in range(3)), content_type="text/plain")
 
 
+def download(request):
+    """Django's own file sending; its WSGI handler passes the file to wsgi.file_wrapper."""
+    return FileResponse(open(os.environ["SERVED_FILE"], "rb"), content_type="application/octet-stream")
+
+
 urlpatterns = [
     path("hello/<str:name>", hello),
     path("echo", echo),
     path("stream", stream),
+    path("download", download),
 ]
 
 application = get_wsgi_application()

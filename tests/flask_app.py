@@ -1,6 +1,8 @@
 """An ordinary Flask application, served unchanged by our server in the tests."""
 
-from flask import Flask, jsonify, request
+import os
+
+from flask import Flask, jsonify, request, send_file
 
 app = Flask(__name__)
 
@@ -30,3 +32,9 @@ def cookie():
     response = jsonify(seen=request.cookies.get("flavour"))
     response.set_cookie("flavour", "oat")
     return response
+
+
+@app.get("/download")
+def download():
+    """Flask's own file sending; it hands the open file to wsgi.file_wrapper."""
+    return send_file(os.environ["SERVED_FILE"], mimetype="application/octet-stream")

@@ -138,7 +138,8 @@ def test_default_command_serves_the_calculator_on_8000():
 @pytest.mark.slow
 def test_scripts_test_makes_and_reuses_its_own_virtual_environment(tmp_path):
     """scripts/test installs nothing into the system's Python (Debian's refuses, PEP 668): it makes
-    .venv-test/, runs ruff and pytest from there, and reinstalls only when the requirements change."""
+    .venv-test/ (again, when one without pip is in the way), runs ruff and pytest from there, and
+    reinstalls only when the requirements change."""
     shutil.copytree(ROOT / "scripts" / "lib", tmp_path / "scripts" / "lib")
     shutil.copy(ROOT / "scripts" / "test", tmp_path / "scripts" / "test")
     (tmp_path / "requirements-test.txt").write_text("pytest>=8\nruff>=0.5\n")
@@ -151,8 +152,11 @@ def test_scripts_test_makes_and_reuses_its_own_virtual_environment(tmp_path):
         return subprocess.run(["bash", "scripts/test", "-q", "-s", "-p", "no:cacheprovider", "test_where.py"],
                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
+    # What `python3 -m venv` leaves behind where ensurepip is missing (Debian without python3-venv): no pip.
+    subprocess.run([env["PYTHON"], "-m", "venv", "--without-pip", str(tmp_path / ".venv-test")], check=True)
     first = run()
     assert first.returncode == 0, first.stdout + first.stderr
+    assert "making the environment" in first.stderr
     assert f"PREFIX {tmp_path / '.venv-test'}" in first.stdout
     assert "installing requirements-test.txt" in first.stderr
     second = run()

@@ -43,6 +43,15 @@ def scrape(url: str) -> tuple[Series, dict[str, str]]:
     return series, types
 
 
+def scrape_until(url: str, name: str, expected: float, **labels: str) -> Series:
+    """Scrape until a sample reaches a value: workers publish their counts 4 times a second."""
+    def reached() -> Series | None:
+        series, _ = scrape(url)
+        return series if value(series, name, **labels) == expected else None
+
+    return wait_until(reached, 5, f"{name}{labels} == {expected}")
+
+
 def value(series: Series, name: str, **labels: str) -> float:
     return series.get((name, frozenset(labels.items())), 0.0)
 
@@ -144,8 +153,7 @@ def test_metrics_are_only_on_their_own_port(server_factory):
     assert status == 404 and b"/metrics" in body
     status, headers, _ = fetch(url, "/metrics", "POST", b"")
     assert status == 405 and headers["allow"] == "GET, HEAD"
-    series, _ = scrape(url)
-    assert value(series, "calc_server_requests_total", method="GET", status="404") == 1
+    series = scrape_until(url, "calc_server_requests_total", 1, method="GET", status="404")
     assert value(series, "calc_server_connections_accepted_total") == 1  # the metrics port's clients: not counted
 
 
@@ -153,8 +161,7 @@ def test_counters_survive_killed_workers(server_factory):
     server, url = start(server_factory, "--workers", "2")
     for i in range(20):
         assert fetch(server.url, f"/add/{i}/1")[0] == 200
-    before, _ = scrape(url)
-    assert value(before, "calc_server_requests_total", method="GET", status="200") == 20
+    before = scrape_until(url, "calc_server_requests_total", 20, method="GET", status="200")
     originals = proc_children(server.proc.pid)
     assert len(originals) == 2
     for number, pid in enumerate(sorted(originals), start=1):
@@ -177,8 +184,7 @@ def test_counters_survive_killed_workers(server_factory):
     assert value(after, "process_cpu_seconds_total") >= value(before, "process_cpu_seconds_total")
     for i in range(5):
         assert fetch(server.url, f"/add/{i}/2")[0] == 200
-    final, _ = scrape(url)
-    assert value(final, "calc_server_requests_total", method="GET", status="200") == 25
+    final = scrape_until(url, "calc_server_requests_total", 25, method="GET", status="200")
     assert value(final, "calc_server_request_duration_seconds_count") == 25
 
 
@@ -218,8 +224,7 @@ def test_refused_connections_are_counted(server_factory, raw_factory):
     assert first.request(b"GET /add/1/1 HTTP/1.1\r\nHost: t\r\n\r\n")[0] == 200
     answer = exchange(server.address, b"GET /add/1/1 HTTP/1.1\r\nHost: t\r\n\r\n")
     assert status_of(answer) == 503
-    series, _ = scrape(url)
-    assert value(series, "calc_server_connections_refused_total") == 1
+    series = scrape_until(url, "calc_server_connections_refused_total", 1)
     assert value(series, "calc_server_connections_accepted_total") == 1
 
 

@@ -17,11 +17,14 @@ use_venv() {
     wanted=$({ cat "$@"; "$python" -c 'import sys; print(sys.executable, sys.version)'; } | sha256sum | cut -c1-16)
     stamp=$venv/.built-from
     if [[ ! -x $venv/bin/python || $(cat "$stamp" 2>/dev/null) != "$wanted" ]]; then
-        if [[ ! -x $venv/bin/python ]] || ! "$venv/bin/python" -c '' 2>/dev/null; then
+        # A half-made environment (python3 -m venv without ensurepip leaves one without pip) is made again.
+        if ! "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
             rm -rf "$venv"
             echo "$(basename "$0"): making the environment $venv" >&2
-            "$python" -m venv "$venv" ||
+            "$python" -m venv "$venv" || {
+                rm -rf "$venv"
                 _venv_die "'$python -m venv' failed; on Debian or Ubuntu install python3-venv (apt-get install python3-venv)"
+            }
         fi
         echo "$(basename "$0"): installing $* into $venv" >&2
         local args=() file

@@ -3,13 +3,16 @@
 Layout: the mapping holds ``slots`` worker slots; a slot is one header cell (the
 pid of the worker using it, 0 when free) and ``threads + 1`` rows (one per
 serving thread, the last for the process's main thread), each ``layout.ROW``
-cells. A row is written by its own thread only, so an increment needs no lock
-and can lose nothing; the reader sums rows. The duration sum is a double, read
-and written through a second view of the same memory.
+cells. Each thread counts in a plain list of its own (an increment there costs a
+third of one into the mapping through a memoryview, measured with callgrind),
+and its process's main thread copies the lists into their rows 4 times a second.
+The reader sums rows. The duration sum is a double, read and written through a
+second view of the same memory.
 """
 
 from __future__ import annotations
 
+import array
 import mmap
 import threading
 from bisect import bisect_left
@@ -37,45 +40,77 @@ from .layout import (
 _CELL = 8  # bytes: int64 or double
 
 
+assert BUCKETS[:3] == (0.0001, 0.00025, 0.0005)  # Recorder.request looks these up without bisect
+
+
 class Recorder:
-    """One thread's row: the few increments the transport makes, each a store into shared memory."""
+    """One thread's counts: plain integers in a list and attributes, which only that thread changes.
 
-    __slots__ = ("cells", "floats")
+    Written for the instruction count (callgrind): a dict subscript instead of
+    ``.get`` (a method call costs 4 times as much), the usual sub-millisecond
+    durations bucketed by two comparisons instead of a bisect, and the byte
+    counts as attributes, which the reactor adds to without a call.
+    """
 
-    def __init__(self, cells: memoryview, floats: memoryview) -> None:
-        self.cells = cells  # this row's cells as int64
-        self.floats = floats  # the same row as doubles (only DURATION_SUM is one)
+    __slots__ = ("bytes_in", "bytes_out", "counts", "duration_sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * ROW
+        self.duration_sum = 0.0
+        self.bytes_in = 0  # the transport adds what it reads straight here
+        self.bytes_out = 0
 
     def request(self, method: str, status: int, seconds: float, sent: int) -> None:
         """A request answered by the application: its method, status, time taken and answer size."""
-        cells = self.cells
-        cells[METHOD_BASE.get(method, OTHER_BASE) + STATUS_SLOT[status]] += 1
-        cells[DURATION + bisect_left(BUCKETS, seconds)] += 1
-        self.floats[DURATION_SUM] += seconds
-        cells[BYTES_OUT] += sent
-
-    def received(self, size: int) -> None:
-        self.cells[BYTES_IN] += size
+        counts = self.counts
+        try:
+            counts[METHOD_BASE[method] + STATUS_SLOT[status]] += 1
+        except KeyError:
+            counts[OTHER_BASE + STATUS_SLOT[status]] += 1
+        if seconds <= 0.0005:
+            counts[DURATION if seconds <= 0.0001 else DURATION + 1 if seconds <= 0.00025 else DURATION + 2] += 1
+        else:
+            counts[DURATION + bisect_left(BUCKETS, seconds)] += 1
+        self.duration_sum += seconds
+        self.bytes_out += sent
 
     def accepted(self) -> None:
-        self.cells[ACCEPTED] += 1
+        self.counts[ACCEPTED] += 1
 
     def refused(self, sent: int) -> None:
-        cells = self.cells
-        cells[REFUSED] += 1
-        cells[BYTES_OUT] += sent
+        self.counts[REFUSED] += 1
+        self.bytes_out += sent
 
     def protocol_error(self, status: int, sent: int) -> None:
-        cells = self.cells
-        cells[PROTOCOL_ERRORS + STATUS_SLOT[status]] += 1
-        cells[BYTES_OUT] += sent
+        self.counts[PROTOCOL_ERRORS + STATUS_SLOT[status]] += 1
+        self.bytes_out += sent
 
-    def gauges(self, open_connections: int, idle_connections: int, busy_threads: int) -> None:
-        """Sampled by the process's main thread (only its own row gets these)."""
-        cells = self.cells
-        cells[OPEN_CONNECTIONS] = open_connections
-        cells[IDLE_CONNECTIONS] = idle_connections
-        cells[BUSY_THREADS] = busy_threads
+
+class ProcessRecorders:
+    """A serving process's recorders (one per serving thread, then the main thread's) and their rows.
+
+    ``publish`` copies every thread's counts into its row of the shared
+    mapping; the process's main thread calls it 4 times a second and once more
+    on its way out, so a scrape sees counts at most 0.25 s old.
+    """
+
+    def __init__(self, cells: memoryview, floats: memoryview, starts: Iterable[int]) -> None:
+        self._cells = cells
+        self._floats = floats
+        self._starts = list(starts)
+        self.threads = [Recorder() for _ in self._starts]
+
+    def publish(self, open_connections: int, idle_connections: int, busy_threads: int) -> None:
+        main = self.threads[-1].counts
+        main[OPEN_CONNECTIONS] = open_connections
+        main[IDLE_CONNECTIONS] = idle_connections
+        main[BUSY_THREADS] = busy_threads
+        for recorder, start in zip(self.threads, self._starts, strict=True):
+            row = array.array("q", recorder.counts)  # one C-level copy: a consistent reading of the list
+            row[BYTES_IN] = recorder.bytes_in
+            row[BYTES_OUT] = recorder.bytes_out
+            self._cells[start:start + ROW] = row
+            self._floats[start + DURATION_SUM] = recorder.duration_sum
 
 
 class Totals:
@@ -157,13 +192,12 @@ class SharedStore:
 
     # -- worker side --------------------------------------------------------------------------------------
 
-    def recorders(self) -> list[Recorder] | None:
-        """This process's rows, one per serving thread and the main thread's last."""
+    def recorders(self) -> ProcessRecorders | None:
+        """This process's recorders, writing to its slot; None when it has none."""
         slot = self.mine
         if slot is None:
             return None
-        return [Recorder(self._cells[start:start + ROW], self._floats[start:start + ROW])
-                for start in self._row_starts(slot)]
+        return ProcessRecorders(self._cells, self._floats, self._row_starts(slot))
 
     def use_alone(self, pid: int) -> None:
         """Single-process mode: slot 0 is this process's."""

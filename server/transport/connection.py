@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import select
 import socket
 import threading
@@ -11,6 +13,8 @@ from ..protocol import RequestParser
 
 HOLD_LIMIT = 16384  # bytes of finished answers a connection may hold back to be written with others
 CLOSING_BUDGET = 32  # answers a closing server still gives one connection for requests its client had sent
+_NO_SENDFILE = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)  # this file or socket cannot be sendfile'd
+_PREAD_BLOCK = 65536
 
 
 class SendTimeout(OSError):
@@ -24,6 +28,7 @@ class Connection:
                  "hangup", "head_started", "idle_since", "last_io", "lock", "out", "parser", "peer", "send_timeout",
                  "served", "set_aside", "sock", "status")
     is_tls = False  # a class attribute, overridden by tls.TLSConnection: plain sockets may use os.sendfile
+    sendfile_ok = True  # the kernel may copy a file to this socket itself (send_file); False under TLS
 
     def __init__(self, sock: socket.socket, peer: tuple[str, int], parser: RequestParser, now: float,
                  send_timeout: float) -> None:
@@ -104,6 +109,46 @@ class Connection:
             except BlockingIOError:
                 continue
             view = view[sent:]
+
+    def send_file(self, head: bytes, fd: int, offset: int, count: int) -> int:
+        """Held answers and ``head``, then ``count`` bytes of the file from ``offset`` with sendfile(2).
+
+        Returns the bytes of the file sent: fewer than ``count`` only when the
+        file ends first. Waits for a slow reader as ``send_all`` does (the
+        send timeout applies to each stall). Where the kernel refuses sendfile
+        for this file, the rest goes through pread and send instead.
+        """
+        self.send_all(head)
+        sent = 0
+        waiter: select.poll | None = None
+        while sent < count:
+            try:
+                n = os.sendfile(self.fd, fd, offset + sent, count - sent)
+            except BlockingIOError:
+                if waiter is None:
+                    waiter = select.poll()
+                    waiter.register(self.fd, select.POLLOUT)
+                if not waiter.poll(self.send_timeout * 1000):
+                    raise SendTimeout(f"client did not read for {self.send_timeout:g} s") from None
+                continue
+            except OSError as exc:
+                if exc.errno not in _NO_SENDFILE:
+                    raise
+                return sent + self._pread_send(fd, offset + sent, count - sent)
+            if n == 0:
+                break  # end of file
+            sent += n
+        return sent
+
+    def _pread_send(self, fd: int, offset: int, count: int) -> int:
+        sent = 0
+        while sent < count:
+            block = os.pread(fd, min(_PREAD_BLOCK, count - sent), offset + sent)
+            if not block:
+                break
+            self.send_all(block)
+            sent += len(block)
+        return sent
 
     def has_unread_input(self) -> bool:
         """Bytes (or EOF) waiting in the kernel that this server has not read yet."""

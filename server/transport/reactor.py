@@ -42,12 +42,12 @@ import socket
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from time import monotonic
 
 from ..accesslog import AccessLog
 from ..config import Settings
-from ..metrics import Recorder
+from ..metrics import ProcessRecorders, Recorder
 from ..protocol import Phase, ProtocolError, RequestParser
 from ..protocol.writer import CONTINUE, error_response
 from ..wsgi import WSGIRunner
@@ -88,7 +88,7 @@ class _Worker:
 class Reactor:
     def __init__(self, listeners: list[Listener], runner: WSGIRunner, settings: Settings,
                  access_log: AccessLog | None, exclusive_accept: bool = False,
-                 metrics: Sequence[Recorder] | None = None) -> None:
+                 metrics: ProcessRecorders | None = None) -> None:
         # fd -> listener; emptied when the listeners are retired at shutdown
         self.listeners: dict[int, Listener] = {listener.fd: listener for listener in listeners}
         self.runner = runner
@@ -108,9 +108,10 @@ class Reactor:
         self._done = False
         self._stop_deadline = 0.0
         self._lock = threading.Lock()  # guards leadership changes
-        # Metrics rows: one per worker thread, the last for the main thread (timeouts and gauges).
-        self._workers = [_Worker(metrics[i] if metrics else None) for i in range(settings.threads)]
-        self._stats = metrics[-1] if metrics else None
+        # Metrics: a recorder per worker thread, the last for the main thread (timeouts), which publishes.
+        self._metrics = metrics
+        self._workers = [_Worker(metrics.threads[i] if metrics else None) for i in range(settings.threads)]
+        self._stats = metrics.threads[-1] if metrics else None
         self._idle: list[_Worker] = []
         self._leader: _Worker | None = None
         self._accept_paused_until = 0.0
@@ -223,7 +224,6 @@ class Reactor:
             for fd in self.listeners:
                 self.poller.watch(fd, exclusive=self._exclusive)
         settings = self.settings
-        stats = self._stats
         idle = 0
         for conn in list(self.conns.values()):
             if not conn.lock.acquire(blocking=False):
@@ -252,8 +252,8 @@ class Reactor:
                         408, f"request body stalled for more than {settings.body_timeout:g} s"), now)
             finally:
                 conn.lock.release()
-        if stats is not None:
-            stats.gauges(len(self.conns), idle, sum(1 for worker in self._workers if worker.busy_since))
+        if self._metrics is not None:
+            self._metrics.publish(len(self.conns), idle, sum(1 for worker in self._workers if worker.busy_since))
 
     def _shutdown_step(self, now: float) -> bool:
         """Stop accepting, close idle connections, let in-flight ones finish; True when done."""
@@ -306,6 +306,8 @@ class Reactor:
                 finally:
                     conn.lock.release()
         self.poller.close()
+        if self._metrics is not None:
+            self._metrics.publish(0, 0, 0)  # the last counts, before the process exits
         for fd in (self._wake_r, self._wake_w, self._main_r, self._main_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -432,7 +434,8 @@ class Reactor:
 
     def _release(self, conn: Connection, me: _Worker) -> None:
         try:
-            self._write_out(conn, me)
+            if not conn.flush():
+                self._wait_out(conn, me)
         except OSError:
             self._close(conn)
         conn.lock.release()
@@ -440,15 +443,14 @@ class Reactor:
             self._requeue(conn)
 
     @staticmethod
-    def _write_out(conn: Connection, me: _Worker) -> None:
-        """Write what the connection holds; a client slow to read is waited for like any other write,
-        with the monitor watching so the poller does not wait too."""
-        if not conn.flush():
-            me.busy_since = monotonic()
-            try:
-                conn.send_all(b"")
-            finally:
-                me.busy_since = 0.0
+    def _wait_out(conn: Connection, me: _Worker) -> None:
+        """The rest of what the connection holds, for a client not reading fast enough: wait for it like
+        any other write, with the monitor watching so the poller does not wait too."""
+        me.busy_since = monotonic()
+        try:
+            conn.send_all(b"")
+        finally:
+            me.busy_since = 0.0
 
     def _requeue(self, conn: Connection) -> None:
         """Data came while the connection was held: the leader reads it (not us, or flushes could nest)."""
@@ -550,8 +552,9 @@ class Reactor:
         except OSError:
             self._close(conn)
             return False
-        if me.stats is not None:
-            me.stats.received(len(data))
+        stats = me.stats
+        if stats is not None:
+            stats.bytes_in += len(data)
         if conn.draining:
             conn.drained += len(data)
             if data and conn.drained < _DRAIN_LIMIT:
@@ -569,7 +572,8 @@ class Reactor:
             except ProtocolError as exc:
                 self._reject(conn, exc, now, me)
                 return False
-            self._write_out(conn, me)
+            if not conn.flush():
+                self._wait_out(conn, me)
             self._close(conn)
             return False
         parser.feed(data)
@@ -648,7 +652,8 @@ class Reactor:
             conn.send_nowait(response)
         else:
             conn.out += response
-            self._write_out(conn, me)
+            if not conn.flush():
+                self._wait_out(conn, me)
         stats = self._stats if me is None else me.stats
         if stats is not None:
             stats.protocol_error(error.status, len(response))

@@ -344,6 +344,7 @@ class TLSConnection(Connection):
 
     __slots__ = ()
     is_tls = True  # no os.sendfile: file bodies must go through encryption
+    sendfile_ok = False  # the runner reads file_wrapper bodies in blocks instead (see wsgi/file_wrapper.py)
 
     def flush(self) -> bool:
         stream = self.sock

@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from ..protocol import Request
+from .file_wrapper import FileWrapper
 from .proxy import TrustedProxies
 
 
@@ -29,6 +30,7 @@ class EnvironBuilder:
             "SCRIPT_NAME": self.script_name,
             "SERVER_SOFTWARE": "calc-server",
             "wsgi.input_terminated": True,
+            "wsgi.file_wrapper": FileWrapper,
             # set for each request; present here so that copying the dict sizes it for them
             "REQUEST_METHOD": "", "PATH_INFO": "", "QUERY_STRING": "", "SERVER_PROTOCOL": "", "REQUEST_URI": "",
             "RAW_URI": "", "wsgi.input": None, "wsgi.url_scheme": "http", "REMOTE_ADDR": "", "REMOTE_PORT": "",

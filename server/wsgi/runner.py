@@ -1,8 +1,9 @@
 """Run one request through a WSGI application and send its response.
 
 Implements start_response (with the exc_info rules), the legacy write()
-callable, iteration with close(), and Content-Length enforcement. Sending is
-delegated to a ``Sink``, so this module never touches a socket.
+callable, iteration with close(), Content-Length enforcement and
+``wsgi.file_wrapper`` bodies. Sending is delegated to a ``Sink``, so this
+module never touches a socket.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ..protocol import Request, ResponsePlan
 from ..protocol.response import Fields, check_fields, frame
 from ..protocol.writer import LAST_CHUNK, chunk, error_response, http_date
 from .environ import EnvironBuilder
+from .file_wrapper import FileWrapper
 
 Send = Callable[[bytes], None]
 
@@ -42,6 +44,10 @@ class Sink(Protocol):
     # the bytes handed over (head included).
     status: int
     answered: int
+
+    # Optional, looked up with getattr: ``sendfile_ok`` (bool) says whether ``send_file`` may be used;
+    # ``send_file(head, fd, offset, count) -> int`` writes the head and then count bytes of the file
+    # from offset (returns fewer only when the file ends first).
 
 
 class DateCache:
@@ -68,8 +74,8 @@ class ResponseAborted(Exception):
 class _Exchange:
     """The state of one request/response pair as the application drives it."""
 
-    __slots__ = ("_send", "bytes_sent", "fields", "keep_alive", "plan", "request", "runner", "sink", "status",
-                 "wrote")
+    __slots__ = ("_send", "bytes_sent", "fields", "hint", "keep_alive", "plan", "request", "runner", "sink",
+                 "status", "wrote")
 
     def __init__(self, runner: WSGIRunner, request: Request, sink: Sink, keep_alive: bool) -> None:
         self.runner = runner
@@ -82,6 +88,7 @@ class _Exchange:
         self.fields: Fields | None = None
         self.plan: ResponsePlan | None = None
         self.bytes_sent = 0
+        self.hint: int | None = None  # the body's size if known before it is sent (a file's)
 
     def send(self, data: bytes) -> None:
         self.wrote += len(data)
@@ -118,7 +125,7 @@ class _Exchange:
         plan = self.plan
         head = b""
         if plan is None:
-            plan = self.begin(None)
+            plan = self.begin(self.hint)
             head = plan.head
         if not plan.send_body or not data:
             if head:
@@ -140,7 +147,7 @@ class _Exchange:
     def finish(self) -> None:
         plan = self.plan
         if plan is None:
-            plan = self.begin(0)
+            plan = self.begin(self.hint or 0)
             self.send(plan.head)
         if plan.chunked:
             self.send(LAST_CHUNK)
@@ -184,6 +191,10 @@ class WSGIRunner:
                 else:
                     sink.send_response(plan.head)
                     sink.answered = len(plan.head)
+            elif type(result) is FileWrapper and exchange.fields is not None:
+                self._send_file(result, exchange, sink)
+                plan = exchange.plan
+                sink.answered = exchange.wrote
             else:
                 self._stream(result, exchange)
                 plan = exchange.plan
@@ -211,6 +222,41 @@ class WSGIRunner:
                     exchange.bytes_sent, time.perf_counter() - started, request.header("referer"),
                     request.header("user-agent"), request.header("x-request-id"))
         return keep
+
+    @staticmethod
+    def _send_file(wrapper: FileWrapper, exchange: _Exchange, sink: Sink) -> None:
+        """A wsgi.file_wrapper body: sendfile when the file and the sink allow it, else read in blocks."""
+        try:
+            fd, offset, available = wrapper.region()
+            declared = exchange.fields[3]  # the application's Content-Length, if it gave one
+            length = declared if declared is not None else available
+            exchange.hint = available
+            if fd >= 0 and length is not None and getattr(sink, "sendfile_ok", False):
+                plan = exchange.begin(available)
+                if not plan.send_body:
+                    sink.send_response(plan.head)
+                    exchange.wrote = len(plan.head)
+                    return
+                exchange.wrote = len(plan.head)  # counted as handed over even if the client leaves midway
+                exchange.bytes_sent = sent = sink.send_file(plan.head, fd, offset, length)
+                exchange.wrote += sent
+                if sent < length:
+                    raise ResponseAborted(f"the file ended after {sent} of its {length} bytes")
+                return
+            if exchange.request.method != "HEAD":
+                read, size, remaining = wrapper.filelike.read, wrapper.block_size, length
+                while remaining is None or remaining > 0:
+                    block = read(size if remaining is None else min(size, remaining))
+                    if not block:
+                        break
+                    exchange.write(block)
+                    if remaining is not None:
+                        remaining -= len(block)
+            exchange.finish()
+        finally:
+            close = getattr(wrapper, "close", None)
+            if close is not None:
+                close()
 
     @staticmethod
     def _stream(result: Iterable[bytes], exchange: _Exchange) -> None:
