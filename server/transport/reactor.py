@@ -434,7 +434,8 @@ class Reactor:
 
     def _release(self, conn: Connection, me: _Worker) -> None:
         try:
-            self._write_out(conn, me)
+            if not conn.flush():
+                self._wait_out(conn, me)
         except OSError:
             self._close(conn)
         conn.lock.release()
@@ -442,15 +443,14 @@ class Reactor:
             self._requeue(conn)
 
     @staticmethod
-    def _write_out(conn: Connection, me: _Worker) -> None:
-        """Write what the connection holds; a client slow to read is waited for like any other write,
-        with the monitor watching so the poller does not wait too."""
-        if not conn.flush():
-            me.busy_since = monotonic()
-            try:
-                conn.send_all(b"")
-            finally:
-                me.busy_since = 0.0
+    def _wait_out(conn: Connection, me: _Worker) -> None:
+        """The rest of what the connection holds, for a client not reading fast enough: wait for it like
+        any other write, with the monitor watching so the poller does not wait too."""
+        me.busy_since = monotonic()
+        try:
+            conn.send_all(b"")
+        finally:
+            me.busy_since = 0.0
 
     def _requeue(self, conn: Connection) -> None:
         """Data came while the connection was held: the leader reads it (not us, or flushes could nest)."""
@@ -572,7 +572,8 @@ class Reactor:
             except ProtocolError as exc:
                 self._reject(conn, exc, now, me)
                 return False
-            self._write_out(conn, me)
+            if not conn.flush():
+                self._wait_out(conn, me)
             self._close(conn)
             return False
         parser.feed(data)
@@ -651,7 +652,8 @@ class Reactor:
             conn.send_nowait(response)
         else:
             conn.out += response
-            self._write_out(conn, me)
+            if not conn.flush():
+                self._wait_out(conn, me)
         stats = self._stats if me is None else me.stats
         if stats is not None:
             stats.protocol_error(error.status, len(response))
