@@ -20,6 +20,7 @@ import os
 import select
 import signal
 import socket
+import sys
 import threading
 import time
 from collections import Counter
@@ -558,3 +559,26 @@ def test_workers_of_a_killed_master_stop_gracefully(versioned):
         for pid in workers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_reload_watcher_covers_a_package_recursively_without_importing_it(tmp_path, monkeypatch):
+    from server.transport.reloader import SourceWatcher
+
+    package = tmp_path / "watchedpkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("raise RuntimeError('the watcher must not import this')\n")
+    (package / "app.py").write_text("app = None\n")
+    (package / "sub" / "__init__.py").write_text("")
+    (package / "sub" / "helpers.py").write_text("X = 1\n")
+    (package / "__pycache__").mkdir()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    watcher = SourceWatcher("watchedpkg.app:app")
+    assert (watcher.root, watcher.recursive) == (package, True)
+    assert watcher.poll() is None
+    (package / "__pycache__" / "app.cpython-311.pyc").write_bytes(b"ignored")
+    assert watcher.poll() is None
+    (package / "sub" / "helpers.py").write_text("X = 22\n")
+    assert watcher.poll() is None  # changed: reported once the files are quiet for one poll
+    assert watcher.poll() == str(package / "sub" / "helpers.py")
+    assert watcher.poll() is None
+    assert "watchedpkg" not in sys.modules
