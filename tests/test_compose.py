@@ -550,13 +550,13 @@ def test_compose_file_is_spec_format_with_a_loadtest_profile():
 
 
 def compose_config(**variables: str) -> dict:
-    """``docker compose config`` (v2) of docker-compose.yml with the loadtest profile, in a clean environment."""
+    """``docker compose config`` (v2) of docker-compose.yml with every profile, in a clean environment."""
     docker = require_tool("docker", "Compose v2 renders the compose file")
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("CALC_", "NGINX_", "LOCUST_", "SERVER_", "COMPOSE_", "PYTHON_IMAGE"))}
+           if not k.startswith(("CALC_", "NGINX_", "LOCUST_", "SERVER_", "PROMETHEUS_", "COMPOSE_", "PYTHON_IMAGE"))}
     compose = compose_command(docker)
-    proc = run([*compose, "-f", str(ROOT / "docker-compose.yml"), "--profile", "loadtest", "config",
-                "--format", "json"], env={**env, **variables})
+    proc = run([*compose, "-f", str(ROOT / "docker-compose.yml"), "--profile", "loadtest", "--profile", "monitoring",
+                "config", "--format", "json"], env={**env, **variables})
     return json.loads(proc.stdout)
 
 

@@ -104,7 +104,6 @@ class Arbiter:
         # Workers replaced so far, by reason. The metrics endpoint reads it from another thread, so every
         # key exists from the start: the dict never changes size while being read.
         self.restarts: Counter[str] = Counter(dict.fromkeys(RESTART_REASONS, 0))
-        self.observers: list[Callable[[Arbiter], None]] = []  # called after workers or restarts change
         self._failed_generation = -1
         self._retry_boot_at = 0.0
         self._crashes: list[float] = []
@@ -191,24 +190,20 @@ class Arbiter:
 
     def _manage(self, now: float) -> None:
         """Bring the workers to the wanted state: ``size`` ready workers running the current generation."""
-        changed = False
         live = [c for c in self.children.values() if not c.retiring]
         for child in live:
             if child.generation != self.generation and not child.ready:
                 self._retire(child, "reload", now)  # still booting the code a reload replaced
-                changed = True
         current = [c for c in live if c.generation == self.generation and not c.recycle and not c.retiring]
         while len(current) > self.size:  # SIGTTOU: one still booting if any, else the oldest
             victim = next((c for c in current if not c.ready), current[0])
             self._retire(victim, None, now)
             current.remove(victim)
-            changed = True
         while len(current) < self.size and self._may_spawn(now):
             child = self._spawn(now)
             if child is None:
                 break
             current.append(child)
-            changed = True
         # Outdated and recycled workers leave only as ready replacements take their place.
         serving = [c for c in self.children.values() if c.ready and not c.retiring]
         for child in [c for c in serving if c not in current]:
@@ -216,9 +211,6 @@ class Arbiter:
                 break
             self._retire(child, "max-requests" if child.recycle else "reload", now)
             serving.remove(child)
-            changed = True
-        if changed:
-            self._notify()
 
     def _may_spawn(self, now: float) -> bool:
         if self._failed_generation == self.generation:
@@ -296,7 +288,6 @@ class Arbiter:
             beat, state = child.slot.read()
             if state != BOOTING and not child.ready:
                 child.ready = True
-                self._notify()
             if state == RECYCLE and not child.recycle:
                 child.recycle = True
                 _log(f"worker {child.pid} served its {child.slot.max_requests} requests; replacing it")
@@ -336,7 +327,6 @@ class Arbiter:
                 self._crashes.append(time.monotonic())
             if reason is not None:
                 self.restarts[reason] += 1
-            self._notify()
 
     def _boot_failed(self, child: _Child) -> None:
         if child.generation != self.generation or self._failed_generation == self.generation:
@@ -348,10 +338,6 @@ class Arbiter:
         old = self.serving
         _log(f"worker {child.pid} could not load the new code (see above); the previous code keeps serving in "
              f"{old} worker{'s' if old != 1 else ''} until a reload succeeds")
-
-    def _notify(self) -> None:
-        for observer in self.observers:
-            observer(self)
 
     def _signal_all(self, signum: int) -> None:
         for pid in self.children:

@@ -27,8 +27,8 @@ first; the client then wakes once per batch. A thread stuck in a slow call
 holds no one up: the monitor writes what it held once the call counts as a
 stall. Under light load the batch is one answer and nothing waits. A client's EOF
 ends its requests, not its wish for the answers (RFC 9112 9.6): what a
-connection holds is written before it closes, so held answers cost nothing to a
-client that half-closes; this is checked only on the EOF path, never per answer.
+connection holds is written before it closes, so a client that half-closes loses
+no held answer; only the EOF path looks, no answer pays for it.
 """
 
 from __future__ import annotations
