@@ -14,10 +14,12 @@ FROM ${PYTHON_IMAGE}
 # container defaults. Every interface, port 8000. The X-Forwarded-For of peers
 # in private address ranges is trusted: on the compose network that is nginx,
 # whose subnet Docker picks at start-up. The server is not published there,
-# so no other peer reaches it.
+# so no other peer reaches it. Prometheus metrics on port 9100 (its own listener,
+# never the application's port); CALC_METRICS_BIND= (empty) turns them off.
 ENV CALC_HOST=0.0.0.0 \
     CALC_PORT=8000 \
     CALC_FORWARDED_ALLOW_IPS=127.0.0.1,::1,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16 \
+    CALC_METRICS_BIND=0.0.0.0:9100 \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONPATH=/app
@@ -30,7 +32,7 @@ RUN python3 -m compileall -q /app/server && chmod -R a+rX,go-w /app
 
 # No user of its own is needed: a fixed unprivileged uid/gid, no login, no home.
 USER 10001:10001
-EXPOSE 8000
+EXPOSE 8000 9100
 
 # SIGTERM: the server stops accepting, finishes in-flight requests within
 # CALC_GRACEFUL_TIMEOUT (30 s) and exits 0. Give `docker stop -t` at least that.

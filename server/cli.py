@@ -64,6 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError as exc:
             print(f"server: cannot listen for metrics on {settings.metrics_bind}: {exc.strerror or exc}",
                   file=sys.stderr)
+            for listener in listeners:
+                listener.close()
+                listener.remove_file()  # a Unix socket file made above would be left behind, stale
             return 1
         print(f"calc-server: metrics on {endpoint.address}", flush=True)
 

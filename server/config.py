@@ -362,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-V", "--version", action="version", version=f"calc-server {__version__}")
     for option in OPTIONS:
-        help_text = f"{option.help} [env {option.env}, default {_render_default(option)}]"
+        help_text = f"{option.help} [env {option.env}, default {_render_default(option) or '(none)'}]"
         if option.repeat:
             parser.add_argument(*filter(None, (option.short, option.flag)), dest=option.name, action="append",
                                 type=_flag_parser(option.parse), default=None, metavar=option.name.upper(),
@@ -401,5 +401,7 @@ def markdown_table() -> str:
     for option in OPTIONS:
         flag = (f"`{option.short}`, " if option.short else "") + f"`{option.flag}`"
         flag += f" / `{option.negative_flag}`" if option.is_switch else ""
-        rows.append(f"| {flag} | `{option.env}` | `{_render_default(option)}` | {option.help} |")
+        default = _render_default(option)
+        default = f"`{default}`" if default else "(none)"  # an empty code span would show as two backticks
+        rows.append(f"| {flag} | `{option.env}` | {default} | {option.help} |")
     return "\n".join(rows)

@@ -15,10 +15,12 @@ assert zero failures and print, per event, the requests sent, the failures and h
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
 import socket
+import sys
 import threading
 import time
 from collections import Counter
@@ -31,6 +33,7 @@ from conftest import ROOT, RawClient, proc_children, start_server, wait_until
 pytestmark = pytest.mark.slow
 
 APP = '''\
+import contextlib
 import os
 import time
 
@@ -293,7 +296,8 @@ def test_ttin_and_ttou_resize_under_load(versioned):
         mark = len(pool.answers)
         pool.wait_for(300)
         server.signal(signal.SIGTTOU)  # never below one
-        server.wait_for_line(r"SIGTTOU: 1 worker$")
+        wait_until(lambda: server.output().count("SIGTTOU: 1 worker\n") == 2, timeout=10,
+                   what="the third SIGTTOU handled")
         pool.wait_for(100)
     pool.report("SIGTTIN + 2x SIGTTOU", grown + shrunk)
     print(f"TTIN took {grown:.2f} s, two TTOU {shrunk:.2f} s")
@@ -500,7 +504,7 @@ def test_idle_pooled_connections_of_a_reloaded_worker(app_dir, versioned, raw_fa
     with pytest.raises(ConnectionError):
         naive.read_response(timeout=5)
     print(f"idle connections: the old workers closed them and exited {took:.2f} s after SIGHUP")
-    assert 0.9 <= took < 5
+    assert took < 5
 
 
 def test_restarts_by_reason_reach_the_metrics(app_dir, server_factory):
@@ -534,3 +538,47 @@ def test_restarts_by_reason_reach_the_metrics(app_dir, server_factory):
     assert counts["reload"] >= 1 and counts["reload"] + counts["max-requests"] >= 4
     assert pool.counts["failed"] == 0, pool.failures
     assert not first & proc_children(master)
+
+
+def test_workers_of_a_killed_master_stop_gracefully(versioned):
+    """SIGKILL leaves the master no chance to stop its workers: they notice they were orphaned and stop."""
+    server, workers = versioned("--workers", "2")
+    client = RawClient.connect(server.address)
+    try:
+        assert client.request(b"GET /before HTTP/1.1\r\nHost: t\r\n\r\n")[0] == 200
+        server.proc.kill()
+        server.proc.wait(timeout=5)
+        # A request on a connection the worker already had is still answered; then the worker closes it.
+        assert client.request(b"GET /after HTTP/1.1\r\nHost: t\r\n\r\n")[0] == 200
+        assert client.is_closed(timeout=5)
+        wait_until(lambda: not any(Path(f"/proc/{pid}").exists() and "zombie" not in
+                                   Path(f"/proc/{pid}/status").read_text() for pid in workers),
+                   timeout=10, what="the orphaned workers to exit")
+    finally:
+        client.close()
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_reload_watcher_covers_a_package_recursively_without_importing_it(tmp_path, monkeypatch):
+    from server.transport.reloader import SourceWatcher
+
+    package = tmp_path / "watchedpkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("raise RuntimeError('the watcher must not import this')\n")
+    (package / "app.py").write_text("app = None\n")
+    (package / "sub" / "__init__.py").write_text("")
+    (package / "sub" / "helpers.py").write_text("X = 1\n")
+    (package / "__pycache__").mkdir()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    watcher = SourceWatcher("watchedpkg.app:app")
+    assert (watcher.root, watcher.recursive) == (package, True)
+    assert watcher.poll() is None
+    (package / "__pycache__" / "app.cpython-311.pyc").write_bytes(b"ignored")
+    assert watcher.poll() is None
+    (package / "sub" / "helpers.py").write_text("X = 22\n")
+    assert watcher.poll() is None  # changed: reported once the files are quiet for one poll
+    assert watcher.poll() == str(package / "sub" / "helpers.py")
+    assert watcher.poll() is None
+    assert "watchedpkg" not in sys.modules

@@ -143,7 +143,9 @@ def test_client_leaving_mid_file_is_no_error(server_factory, payload):
     leaver.sendall(get("/file"))
     received = 0
     while received < 200_000:
-        received += len(leaver.recv(65536))
+        piece = leaver.recv(65536)
+        assert piece, f"the server closed after {received} bytes, before the file was under way"
+        received += len(piece)
     leaver.close()  # with unread data: a reset, in the middle of the sendfile loop
     client = server.connect()
     wait_until(lambda: closed_count(client) == 1, timeout=10, what="the abandoned file to be closed")

@@ -214,6 +214,11 @@ def test_ingress_matches_the_compose_nginx(rendered):
     annotations = {key.removeprefix("nginx.ingress.kubernetes.io/"): value
                    for key, value in rendered["Ingress"]["metadata"]["annotations"].items()}
     assert rendered["Ingress"]["spec"]["ingressClassName"] == "nginx"
+    # ingress-nginx validates annotation values: whole seconds and counts, nginx size syntax.
+    for name in ("proxy-connect-timeout", "proxy-send-timeout", "proxy-read-timeout", "proxy-next-upstream-timeout",
+                 "proxy-next-upstream-tries", "limit-rps", "limit-burst-multiplier"):
+        assert annotations[name].isdigit(), name
+    assert re.fullmatch(r"\d+[kKmMgG]?", annotations["proxy-body-size"])
     assert annotations["proxy-body-size"] == NGINX_DEFAULTS["NGINX_MAX_BODY_SIZE"]
     for annotation, directive in (("proxy-connect-timeout", "proxy_connect_timeout"),
                                   ("proxy-send-timeout", "proxy_send_timeout"),

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, RawClient, get
+from conftest import ROOT, RawClient, get, require_tool
 
 # Puts the descriptors named in argv[1] at 3, 4, ... and execs the server with LISTEN_PID naming itself:
 # what systemd does between fork and exec. Server arguments follow.
@@ -266,3 +266,34 @@ def test_several_listeners_with_pre_forked_workers(server_factory, sock_dir):
     assert server.proc.pid not in pids and pids, "workers, not the master, answer on every listener"
     server.stop()
     assert not path.exists()
+
+
+def test_real_systemd_socket_activate_tool(sock_dir):
+    """systemd's own launcher (systemd-socket-activate) as the outside oracle for the LISTEN_* protocol.
+
+    It listens, and on the first connection execs the server with the sockets at fds 3 and 4; the
+    connection that woke it is answered by the server it started.
+    """
+    tool = require_tool("systemd-socket-activate", "systemd's socket-activation launcher")
+    with socket.socket() as probe:  # the tool takes no port 0: ask the kernel for a free one
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    path = sock_dir / "tool.sock"
+    python_path = os.pathsep.join([str(ROOT), str(ROOT / "tests")])  # the tool passes on only what -E names
+    proc = subprocess.Popen([tool, "-l", f"127.0.0.1:{port}", "-l", str(path), "-E", f"PYTHONPATH={python_path}",
+                             sys.executable, "-m", "server", "--app", "apps:listen_env", "--no-access-log"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline(), proc.stdout.readline()]
+        assert lines == [f"Listening on 127.0.0.1:{port} as 3.\n", f"Listening on {path} as 4.\n"], lines
+        status, body = ask(RawClient.connect(("127.0.0.1", port), timeout=15), "/")
+        info = json.loads(body)
+        assert status == 200 and info["pid"] == proc.pid and info["LISTEN_FDS"] is None
+        status, body = ask(unix_client(path), "/")
+        assert status == 200 and json.loads(body)["pid"] == proc.pid
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=30)[0]
+    assert f"listening on http://127.0.0.1:{port} (systemd fd 3), unix:{path} (systemd fd 4)" in output, output
+    assert "Traceback" not in output

@@ -248,3 +248,20 @@ def test_metrics_port_in_use_is_a_clear_error():
         proc = run_cli("--port", "0", "--metrics-bind", f"127.0.0.1:{port}")
     assert proc.returncode == 1
     assert f"cannot listen for metrics on 127.0.0.1:{port}" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_recycled_workers_hand_over_every_count(server_factory):
+    """--max-requests: workers exit gracefully and publish first, so every request is counted exactly."""
+    server, url = start(server_factory, "--workers", "2", "--max-requests", "5")
+    sent = 40
+    for i in range(sent):
+        assert fetch(server.url, f"/add/{i}/1")[0] == 200
+    def recycled() -> Series | None:
+        series, _ = scrape(url)
+        return series if value(series, "calc_server_worker_restarts_total", reason="max-requests") >= 1 else None
+
+    series = wait_until(recycled, 15, "a worker recycled")
+    assert value(series, "calc_server_requests_total", method="GET", status="200") == sent
+    assert value(series, "calc_server_request_duration_seconds_count") == sent
+    assert value(series, "calc_server_connections_accepted_total") == sent
+    assert value(series, "calc_server_worker_restarts_total", reason="crash") == 0

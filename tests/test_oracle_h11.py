@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import h11
 import pytest
+from conftest import ROOT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_fuzz import BASES, framing_head, mutated, valid_request
@@ -161,14 +162,15 @@ DIFFERENCES = [
                "we do (the classic smuggling shape), h11 lets chunked win",
                lambda data, message: _ours_says("must not both be sent")(message)),
     Difference("chunked-in-http10", "ours",
-               "RFC 9112 6.1: Transfer-Encoding in an HTTP/1.0 request MUST be treated as faulty framing",
+               "RFC 9112 6.1: Transfer-Encoding in an HTTP/1.0 request MUST be treated as faulty framing; we "
+               "answer it with 400 like any faulty framing (RFC 9112 6.3), h11 reads it as chunked",
                lambda data, message: _ours_says("not allowed in an HTTP/1.0 request")(message)),
     Difference("chunk-line-grammar", "ours",
                "RFC 9112 7.1 and 7.1.1: a chunk size line is hex digits and token[=token/quoted-string] "
                "extensions; h11 takes anything after ';' and trailing whitespace",
                lambda data, message: _ours_says("invalid chunk size line")(message)),
     Difference("size-limits", "ours",
-               "RFC 9112 3 and 4, RFC 9110 15.5.14 and 15.5.15, RFC 6585 5: a server sets its own limits on the "
+               "RFC 9112 3, RFC 9110 15.5.14 and 15.5.15, RFC 6585 5: a server sets its own limits on the "
                "request line, the header block and the body and answers 414, 431 or 413 beyond them; h11 limits "
                "only an incomplete head (16 KiB)",
                lambda data, message: _ours_says("longer than", "larger than", "more than 100 header",
@@ -270,8 +272,11 @@ def test_each_named_difference_is_real_and_explains_its_example(name, data):
     assert judge(data) == name
 
 
-def test_every_difference_has_an_example():
+def test_every_difference_has_an_example_and_is_documented():
     assert sorted(EXAMPLES) == sorted(d.name for d in DIFFERENCES)
+    page = (ROOT / "docs" / "protocol-conformance.md").read_text()
+    for difference in DIFFERENCES:
+        assert f"`{difference.name}`" in page, difference.name
 
 
 # -- generated inputs ---------------------------------------------------------------------------------------------

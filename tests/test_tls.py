@@ -386,3 +386,39 @@ def test_stalled_handshakes_do_not_slow_tls_clients_and_are_dropped_at_the_heade
     assert not any(stalled.received[i] for i in range(0, 1000, 3)), "a silent client was sent something"
     wait_until(lambda: server.connect().request(get("/healthz"))[0] == 200, timeout=5, what="health")
     assert "Traceback" not in server.output()
+
+
+def test_idle_tls_connection_is_closed_with_close_notify(server_factory, tls_certs):
+    server = server_factory("--app", "apps:echo", "--no-access-log", "--keepalive-timeout", "1",
+                            "--certfile", str(tls_certs.server_cert), "--keyfile", str(tls_certs.server_key))
+    sock = socket.create_connection(server.address, timeout=5)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = tls_certs.client_context().wrap_bio(incoming, outgoing, server_hostname="localhost")
+
+    def pump_until(step):
+        while True:
+            try:
+                return step()
+            except ssl.SSLWantReadError:
+                if outgoing.pending:
+                    sock.sendall(outgoing.read())
+                data = sock.recv(65536)
+                if data:
+                    incoming.write(data)
+                else:
+                    incoming.write_eof()  # a bare TCP close: the next read raises SSLEOFError
+            finally:
+                if outgoing.pending:
+                    sock.sendall(outgoing.read())
+
+    try:
+        pump_until(tls.do_handshake)
+        tls.write(get("/"))
+        sock.sendall(outgoing.read())
+        assert pump_until(lambda: tls.read(65536)).startswith(b"HTTP/1.1 200 ")
+        sock.settimeout(5)
+        # the keep-alive timeout closes the idle connection: a TLS close_notify (read gives b""), not a
+        # bare TCP close (read would raise SSLEOFError)
+        assert pump_until(lambda: tls.read(65536)) == b""
+    finally:
+        sock.close()

@@ -26,7 +26,7 @@ from .arithmetic import (
     to_plain,
 )
 from .calc_request import parse_calc_request
-from .problems import CATALOGUE, Problem, shown
+from .problems import DOCUMENTED, Problem, shown
 from .request_body import COMMON_JSON_TYPES, read_body, require_json
 
 StartResponse = Callable[..., Any]
@@ -70,7 +70,7 @@ def _route(environ: dict[str, Any], path: str) -> Response:
     operation = OPERATIONS.get(name)
     if operation is not None:
         return _operation(environ, name, operation, segments)
-    if name == "problems" and len(segments) == 3 and segments[2] in CATALOGUE:
+    if name == "problems" and len(segments) == 3 and segments[2] in DOCUMENTED:
         return _problem_page(environ, segments[2])
     raise Problem("not-found", f"There is nothing at {shown(_readable(path), 80)}. {_ROUTES_HINT}")
 
@@ -160,7 +160,7 @@ def _openapi(environ: dict[str, Any]) -> Response:
 def _problem_page(environ: dict[str, Any], slug: str) -> Response:
     """GET /problems/{slug}: the human-readable page a problem ``type`` URI points at (RFC 9457 3.1.1)."""
     _allow(environ, _READABLE)
-    kind = CATALOGUE[slug]
+    kind = DOCUMENTED[slug]
     body = f"{kind.title}\n\ntype: {kind.uri}\nstatus: {kind.status_line}\n\n{kind.description}\n".encode()
     return _OK, [_TEXT, ("Content-Length", str(len(body)))], body
 

@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from . import arithmetic
-from .problems import CATALOGUE, PROBLEM_JSON
+from .problems import DOCUMENTED, PROBLEM_JSON, SERVER_CATALOGUE
 from .request_body import MAX_BODY_BYTES
 
 VERSION = "1.0.0"
@@ -39,11 +39,23 @@ from the text before any conversion. The bound makes every request cheap and kee
 **Errors** are RFC 9457 problem documents (`application/problem+json`) with `type`, `title`,
 `status`, `detail` and `instance`, plus members such as `pointer` (JSON body), `parameter` (path)
 and `received`. Each `type` is a stable URI `/problems/{{slug}}`; GET it for a description.
+
+**Answers from the server itself.** Before any operation runs, the HTTP server may refuse a request it
+cannot read or will not take: 400 (malformed HTTP), 408 (too slow), 413 (body over the server limit),
+414 (request line too long), 417 (unknown expectation), 431 (header block too large), 501 (CONNECT or
+an unknown transfer coding), 503 (connection limit) and 505 (HTTP version). Every operation lists
+them; they are problem documents too, with their own types, and the connection is closed after them.
+
+**What the schema cannot say.** The operand bound is expressed exactly for JSON numbers (a magnitude
+range and no zero divisor). A path operand is text: its schema checks the syntax, the length and, for
+div, that the divisor is not zero, but not the number of significant digits or the magnitude; a
+schema-valid path operand outside the bound, such as `/add/1e100/1`, is answered 422
+`operand-out-of-range`, as the operations' 422 response documents.
 """
 
 
 def _problem_type_list() -> str:
-    rows = [f"| `{kind.uri}` | {kind.status} | {kind.title} |" for kind in CATALOGUE.values()]
+    rows = [f"| `{kind.uri}` | {kind.status} | {kind.title} |" for kind in DOCUMENTED.values()]
     return "\n".join(["| type | status | title |", "| --- | --- | --- |", *rows])
 
 
@@ -51,7 +63,7 @@ def _problem_responses(*slugs: str) -> dict[str, Any]:
     """Responses grouped by status, each listing the problem types it can carry as examples."""
     grouped: dict[str, dict[str, Any]] = {}
     for slug in slugs:
-        kind = CATALOGUE[slug]
+        kind = DOCUMENTED[slug]
         entry = grouped.setdefault(str(kind.status), {
             "description": "",
             "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}, "examples": {}}},
@@ -68,37 +80,63 @@ def _problem_responses(*slugs: str) -> dict[str, Any]:
     return grouped
 
 
-def _operand_parameter(name: str) -> dict[str, Any]:
+# Every operation can get these from the server before it runs (see "Answers from the server itself").
+_SERVER_SLUGS = tuple(SERVER_CATALOGUE)
+# A path operand that is zero: the divisor of div must not match this.
+_ZERO_PATTERN = r"^[+-]?(?:0+(?:\.0*)?|\.0+)(?:[eE][+-]?[0-9]+)?$"
+
+
+def _operand_parameter(name: str, divisor: bool = False) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string", "pattern": f"^{_A.NUMBER_PATTERN}$", "maxLength": _A.MAX_OPERAND_CHARS}
+    description = "A decimal number within the size bound, such as `2`, `-1.5` or `6.02e23`."
+    if divisor:
+        schema["not"] = {"pattern": _ZERO_PATTERN}
+        description += " Not zero: it is the divisor."
     return {
         "name": name,
         "in": "path",
         "required": True,
-        "description": "A decimal number within the size bound, such as `2`, `-1.5` or `6.02e23`.",
-        "schema": {"type": "string", "pattern": f"^{_A.NUMBER_PATTERN}$", "maxLength": _A.MAX_OPERAND_CHARS},
+        "description": description,
+        "schema": schema,
         "example": "2" if name == "arg1" else "3",
     }
 
 
 def _operation_path(op: str, summary: str, example: tuple[str, str, str]) -> dict[str, Any]:
     slugs = ["invalid-number", "non-finite-number", "operand-count", "method-not-allowed", "operand-out-of-range"]
+    divisor = "#/components/parameters/arg2"
     if op == "div":
-        slugs.append("division-by-zero")
+        slugs.append("division-by-zero")  # for a zero the schema lets through only in negative testing
+        divisor = "#/components/parameters/divisor"
     a, b, result = example
     return {
         "get": {
             "operationId": op,
             "summary": summary,
             "description": f"GET /{op}/{a}/{b} answers `{result}`. HEAD is answered too, with the same headers.",
-            "parameters": [{"$ref": "#/components/parameters/arg1"}, {"$ref": "#/components/parameters/arg2"}],
+            "parameters": [{"$ref": "#/components/parameters/arg1"}, {"$ref": divisor}],
             "responses": {
                 "200": {
                     "description": "The exact result (rounded only for div), in plain notation.",
                     "headers": {"Content-Length": {"schema": {"type": "integer"}}},
                     "content": {"text/plain; charset=utf-8": {"schema": {"type": "string"}, "example": result}},
                 },
-                **_problem_responses(*slugs),
+                **_problem_responses(*slugs, *_SERVER_SLUGS),
             },
         },
+    }
+
+
+def _operand_schema(description: str) -> dict[str, Any]:
+    """A JSON operand with the size bound JSON Schema can state: 0 or 1e-100 <= |x| < 1e100.
+
+    The digit and length bounds need no words here: a JSON number inside that range that a generator
+    writes (an integer, or a double) has far fewer than 100 significant digits and 400 characters.
+    """
+    low, high = 10.0 ** _A.MIN_ADJUSTED_EXPONENT, 10.0 ** (_A.MAX_ADJUSTED_EXPONENT + 1)
+    return {
+        "type": "number", "description": description, "exclusiveMinimum": -high, "exclusiveMaximum": high,
+        "anyOf": [{"const": 0}, {"minimum": low}, {"maximum": -low}],
     }
 
 
@@ -143,7 +181,7 @@ def document() -> dict[str, Any]:
                             "example": {"op": "mult", "arg1": 2, "arg2": 4, "result": 8},
                         }},
                     },
-                    **_problem_responses(*calc_problems),
+                    **_problem_responses(*calc_problems, *_SERVER_SLUGS),
                 },
             },
         },
@@ -157,7 +195,7 @@ def document() -> dict[str, Any]:
                                    "required": ["status"]},
                         "example": {"status": "ok"},
                     }}},
-                    **_problem_responses("method-not-allowed"),
+                    **_problem_responses("method-not-allowed", *_SERVER_SLUGS),
                 },
             },
         },
@@ -168,7 +206,7 @@ def document() -> dict[str, Any]:
                 "responses": {
                     "200": {"description": "The OpenAPI 3.1 document.",
                             "content": {"application/json": {"schema": {"type": "object"}}}},
-                    **_problem_responses("method-not-allowed"),
+                    **_problem_responses("method-not-allowed", *_SERVER_SLUGS),
                 },
             },
         },
@@ -177,11 +215,11 @@ def document() -> dict[str, Any]:
                 "operationId": "problemType",
                 "summary": "What a problem type means (the page a problem `type` URI points at)",
                 "parameters": [{"name": "slug", "in": "path", "required": True,
-                                "schema": {"type": "string", "enum": list(CATALOGUE)}}],
+                                "schema": {"type": "string", "enum": list(DOCUMENTED)}}],
                 "responses": {
                     "200": {"description": "Title, status and explanation, as plain text.",
                             "content": {"text/plain; charset=utf-8": {"schema": {"type": "string"}}}},
-                    **_problem_responses("not-found", "method-not-allowed"),
+                    **_problem_responses("not-found", "method-not-allowed", *_SERVER_SLUGS),
                 },
             },
         },
@@ -196,7 +234,8 @@ def document() -> dict[str, Any]:
         },
         "paths": paths,
         "components": {
-            "parameters": {"arg1": _operand_parameter("arg1"), "arg2": _operand_parameter("arg2")},
+            "parameters": {"arg1": _operand_parameter("arg1"), "arg2": _operand_parameter("arg2"),
+                           "divisor": _operand_parameter("arg2", divisor=True)},
             "schemas": {
                 "CalcRequest": {
                     "type": "object",
@@ -204,9 +243,13 @@ def document() -> dict[str, Any]:
                     "additionalProperties": False,
                     "properties": {
                         "op": {"type": "string", "enum": list(_A.OPERATIONS)},
-                        "arg1": _number_schema("First operand (the dividend for div), within the size bound."),
-                        "arg2": _number_schema("Second operand (the divisor for div), within the size bound."),
+                        "arg1": _operand_schema("First operand (the dividend for div), within the size bound."),
+                        "arg2": _operand_schema("Second operand (the divisor for div), within the size bound."),
                     },
+                    # div by zero is a 422 the schema can rule out: for div, arg2 is not 0 (nor 0.0: JSON
+                    # Schema compares numbers by value).
+                    "if": {"properties": {"op": {"const": "div"}}, "required": ["op"]},
+                    "then": {"properties": {"arg2": {"not": {"const": 0}}}},
                 },
                 "CalcResult": {
                     "type": "object",
@@ -225,7 +268,7 @@ def document() -> dict[str, Any]:
                     "required": ["type", "title", "status", "detail"],
                     "properties": {
                         "type": {"type": "string", "format": "uri-reference",
-                                 "enum": [kind.uri for kind in CATALOGUE.values()]},
+                                 "enum": [kind.uri for kind in DOCUMENTED.values()]},
                         "title": {"type": "string"},
                         "status": {"type": "integer"},
                         "detail": {"type": "string", "description": "What went wrong and how to fix it."},

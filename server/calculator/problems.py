@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from urllib.parse import quote
 
+from ..protocol.problems import SERVER_PROBLEMS, TYPE_PREFIX  # the server's types share the /problems/ space
+
 PROBLEM_JSON = "application/problem+json"
-TYPE_PREFIX = "/problems/"  # root-relative and dereferenceable: GET it for the documentation
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,13 @@ CATALOGUE = _catalogue(
     ProblemType("internal-error", 500, "Internal server error",
                 "The calculator failed unexpectedly; the error was logged. Please report it."),
 )
+
+# The hosting server's own answers (bad framing, limits, timeouts, overload), documented next to the
+# calculator's so every ``type`` a client of this service can receive has its page and its place in
+# the OpenAPI document. Their source is the server's protocol core, which sends them.
+SERVER_CATALOGUE = _catalogue(*(ProblemType(p.slug, p.status, p.title, p.description)
+                                for p in SERVER_PROBLEMS.values()))
+DOCUMENTED = CATALOGUE | SERVER_CATALOGUE  # every problem type with a /problems/{slug} page
 
 
 class Problem(Exception):

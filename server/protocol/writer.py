@@ -6,6 +6,8 @@ import json
 import time
 from http import HTTPStatus
 
+from .problems import SERVER_PROBLEMS
+
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
 
@@ -43,8 +45,9 @@ def error_response(status: int, detail: str, *, date: str, server: str = "", ext
 
     Used for protocol errors and overload, where no application is involved.
     """
-    body = json.dumps({"type": "about:blank", "title": reason(status), "status": status,
-                       "detail": detail}).encode()
+    problem = SERVER_PROBLEMS.get(status)
+    kind, title = (problem.uri, problem.title) if problem is not None else ("about:blank", reason(status))
+    body = json.dumps({"type": kind, "title": title, "status": status, "detail": detail}).encode()
     lines = [f"HTTP/1.1 {status} {reason(status)}", f"Date: {date}"]
     if server:
         lines.append(f"Server: {server}")

@@ -56,6 +56,7 @@ _RESPAWN_WINDOW = 10.0  # seconds
 _RESPAWN_BURST = 10  # crashes within the window before the master backs off
 _RETRY_BOOT_AFTER = 5.0  # seconds, when a reload's code fails and no old worker is left either
 _FAST_GRACE = 2.0  # seconds workers get to exit after SIGQUIT before SIGKILL
+RESTART_REASONS = ("crash", "max-requests", "reload", "timeout")
 _HANDLED = (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGTERM, signal.SIGINT,
             signal.SIGQUIT)
 
@@ -100,9 +101,9 @@ class Arbiter:
         self.watcher = watcher
         self.children: dict[int, _Child] = {}  # in the order they were started
         self.generation = 0  # bumped by each reload; workers of older generations are replaced
-        # Workers replaced so far, by reason: crash, max-requests, reload, timeout (metrics read this).
-        self.restarts: Counter[str] = Counter()
-        self.observers: list[Callable[[Arbiter], None]] = []  # called after workers or restarts change
+        # Workers replaced so far, by reason. The metrics endpoint reads it from another thread, so every
+        # key exists from the start: the dict never changes size while being read.
+        self.restarts: Counter[str] = Counter(dict.fromkeys(RESTART_REASONS, 0))
         self._failed_generation = -1
         self._retry_boot_at = 0.0
         self._crashes: list[float] = []
@@ -189,21 +190,20 @@ class Arbiter:
 
     def _manage(self, now: float) -> None:
         """Bring the workers to the wanted state: ``size`` ready workers running the current generation."""
-        changed = False
         live = [c for c in self.children.values() if not c.retiring]
         for child in live:
             if child.generation != self.generation and not child.ready:
                 self._retire(child, "reload", now)  # still booting the code a reload replaced
-                changed = True
         current = [c for c in live if c.generation == self.generation and not c.recycle and not c.retiring]
         while len(current) > self.size:  # SIGTTOU: one still booting if any, else the oldest
             victim = next((c for c in current if not c.ready), current[0])
             self._retire(victim, None, now)
             current.remove(victim)
-            changed = True
         while len(current) < self.size and self._may_spawn(now):
-            current.append(self._spawn(now))
-            changed = True
+            child = self._spawn(now)
+            if child is None:
+                break
+            current.append(child)
         # Outdated and recycled workers leave only as ready replacements take their place.
         serving = [c for c in self.children.values() if c.ready and not c.retiring]
         for child in [c for c in serving if c not in current]:
@@ -211,9 +211,6 @@ class Arbiter:
                 break
             self._retire(child, "max-requests" if child.recycle else "reload", now)
             serving.remove(child)
-            changed = True
-        if changed:
-            self._notify()
 
     def _may_spawn(self, now: float) -> bool:
         if self._failed_generation == self.generation:
@@ -225,14 +222,23 @@ class Arbiter:
         self._crashes = [t for t in self._crashes if now - t < _RESPAWN_WINDOW]
         return len(self._crashes) < _RESPAWN_BURST  # a crash loop waits for the window instead of forking flat out
 
-    def _spawn(self, now: float) -> _Child:
+    def _spawn(self, now: float) -> _Child | None:
         limit = 0
         if self.settings.max_requests:
             limit = self.settings.max_requests + random.randint(0, self.settings.max_requests_jitter)
         slot = WorkerSlot(now, limit)
         if self.hooks is not None:
             self.hooks.before_fork()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:  # out of processes or memory: back off as after a crash, try again later
+            _log(f"cannot start a worker: {exc.strerror or exc}")
+            self._crashes.append(now)
+            slot.close()
+            if self.hooks is not None:  # give back what before_fork took, as for a worker that ran and died
+                self.hooks.spawned(-1)
+                self.hooks.exited(-1)
+            return None
         if pid == 0:
             self._become_worker(slot)
         child = _Child(pid, slot, self.generation, now)
@@ -282,13 +288,12 @@ class Arbiter:
             beat, state = child.slot.read()
             if state != BOOTING and not child.ready:
                 child.ready = True
-                self._notify()
             if state == RECYCLE and not child.recycle:
                 child.recycle = True
                 _log(f"worker {child.pid} served its {child.slot.max_requests} requests; replacing it")
             if child.killed:
                 continue
-            if now - beat > timeout:
+            if now - beat > timeout and not child.retiring:  # a retiring one has its graceful deadline
                 what = "booted" if state == BOOTING else "sent a heartbeat"
                 _log(f"worker {child.pid} has not {what} for {now - beat:.1f} s (--worker-timeout {timeout:g}); "
                      "killing it")
@@ -322,22 +327,17 @@ class Arbiter:
                 self._crashes.append(time.monotonic())
             if reason is not None:
                 self.restarts[reason] += 1
-            self._notify()
 
     def _boot_failed(self, child: _Child) -> None:
         if child.generation != self.generation or self._failed_generation == self.generation:
             return
         self._failed_generation = self.generation
-        if not self._announced and not self.serving and self.generation == 0:
-            self._startup_failed = True
+        if not self._announced:
+            self._startup_failed = True  # at startup the application must load, or the server is of no use
             return
         old = self.serving
         _log(f"worker {child.pid} could not load the new code (see above); the previous code keeps serving in "
              f"{old} worker{'s' if old != 1 else ''} until a reload succeeds")
-
-    def _notify(self) -> None:
-        for observer in self.observers:
-            observer(self)
 
     def _signal_all(self, signum: int) -> None:
         for pid in self.children:

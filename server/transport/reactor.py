@@ -27,8 +27,13 @@ first; the client then wakes once per batch. A thread stuck in a slow call
 holds no one up: the monitor writes what it held once the call counts as a
 stall. Under light load the batch is one answer and nothing waits. A client's EOF
 ends its requests, not its wish for the answers (RFC 9112 9.6): what a
-connection holds is written before it closes, so held answers cost nothing to a
-client that half-closes; this is checked only on the EOF path, never per answer.
+connection holds is written before it closes, so a client that half-closes loses
+no held answer; only the EOF path looks, no answer pays for it.
+
+With --metrics-bind, each thread counts into a recorder of its own
+(server/metrics) at points that exist anyway: accept, read, a request done, a
+protocol error; no lock, a few increments. The main thread copies the counts to
+shared memory during its sweep, so nothing about metrics waits on the hot path.
 """
 
 from __future__ import annotations
@@ -434,7 +439,8 @@ class Reactor:
 
     def _release(self, conn: Connection, me: _Worker) -> None:
         try:
-            self._write_out(conn, me)
+            if not conn.flush():
+                self._wait_out(conn, me)
         except OSError:
             self._close(conn)
         conn.lock.release()
@@ -442,15 +448,14 @@ class Reactor:
             self._requeue(conn)
 
     @staticmethod
-    def _write_out(conn: Connection, me: _Worker) -> None:
-        """Write what the connection holds; a client slow to read is waited for like any other write,
-        with the monitor watching so the poller does not wait too."""
-        if not conn.flush():
-            me.busy_since = monotonic()
-            try:
-                conn.send_all(b"")
-            finally:
-                me.busy_since = 0.0
+    def _wait_out(conn: Connection, me: _Worker) -> None:
+        """The rest of what the connection holds, for a client not reading fast enough: wait for it like
+        any other write, with the monitor watching so the poller does not wait too."""
+        me.busy_since = monotonic()
+        try:
+            conn.send_all(b"")
+        finally:
+            me.busy_since = 0.0
 
     def _requeue(self, conn: Connection) -> None:
         """Data came while the connection was held: the leader reads it (not us, or flushes could nest)."""
@@ -572,7 +577,8 @@ class Reactor:
             except ProtocolError as exc:
                 self._reject(conn, exc, now, me)
                 return False
-            self._write_out(conn, me)
+            if not conn.flush():
+                self._wait_out(conn, me)
             self._close(conn)
             return False
         parser.feed(data)
@@ -651,7 +657,8 @@ class Reactor:
             conn.send_nowait(response)
         else:
             conn.out += response
-            self._write_out(conn, me)
+            if not conn.flush():
+                self._wait_out(conn, me)
         stats = self._stats if me is None else me.stats
         if stats is not None:
             stats.protocol_error(error.status, len(response))

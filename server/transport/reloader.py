@@ -4,8 +4,9 @@ Which files: the master never imports the application (the workers do, so that
 a reload imports it afresh), so it locates the module the way the import system
 would, without running it: ``PathFinder`` walks ``sys.path`` and the packages'
 search paths for ``package.module`` without executing any ``__init__``. A
-package is watched recursively (every ``.py`` below it); a top-level module
-with the ``.py`` files next to it, since those are what it usually imports.
+package, or the package a module is in, is watched recursively (every ``.py``
+below it); a top-level module with the ``.py`` files next to it, since those
+are what it usually imports.
 
 Polling a few dozen ``stat`` calls a second costs nothing measurable and needs
 no inotify binding; the trade-off is up to one interval of delay. A change is
@@ -41,7 +42,7 @@ def source_root(module: str) -> tuple[Path, bool] | None:
         return Path(next(iter(spec.submodule_search_locations))), True
     if spec.origin is None:
         return None
-    return Path(spec.origin).parent, False
+    return Path(spec.origin).parent, len(parts) > 1  # a module in a package: that package, recursively
 
 
 class SourceWatcher:

@@ -73,7 +73,7 @@ def serve(listeners: list[Listener], app: Callable[..., Any], settings: Settings
     _handle_signals(reactor, access_log, log_files, supervised=slot is not None)
     install_reload(contexts, supervised=slot is not None)
     if slot is not None:
-        reactor.on_tick = slot.ticker(lambda: reactor.served)
+        reactor.on_tick = slot.ticker(lambda: reactor.served, orphaned=reactor.stop)
     reactor.start()
     if slot is not None:
         slot.set_state(READY)

@@ -84,7 +84,7 @@ def build_context(settings: Settings) -> ssl.SSLContext:
     password = None
     if settings.keyfile_password_file:
         with open(settings.keyfile_password_file, "rb") as handle:
-            password = handle.read().rstrip(b"\r\n")
+            password = handle.readline().rstrip(b"\r\n")  # the first line; a trailing newline is not part of it
     context.load_cert_chain(settings.certfile, settings.keyfile or None, password=password)
     if settings.ca_certs:
         context.load_verify_locations(cafile=settings.ca_certs)
@@ -221,7 +221,8 @@ class TLSStream:
             except ssl.SSLZeroReturnError:  # close_notify: the client is done sending
                 self._eof = True
                 return
-            if not data:
+            if not data:  # how an SSLObject reports a close_notify it has read
+                self._eof = True
                 return
             plain += data
 
@@ -277,6 +278,12 @@ class TLSStream:
         return self.raw.fileno()
 
     def close(self) -> None:
+        """Say goodbye with close_notify when it costs nothing (idle keep-alive timeouts, shutdown)."""
+        if self.handshaken and not self.closing:
+            self.closing = True
+            with contextlib.suppress(ssl.SSLError, ValueError):
+                self.tls.unwrap()
+            self._push_out()
         self.conn = None
         self.raw.close()
 

@@ -52,17 +52,27 @@ class WorkerSlot:
         with contextlib.suppress(OSError):
             os.kill(os.getppid(), signal.SIGCHLD)  # the master's SIGCHLD handler only wakes its loop
 
-    def ticker(self, served: Callable[[], int]) -> Callable[[float], None]:
-        """The hook the event loop's main thread calls each time round: beat, and ask to be recycled once."""
+    def ticker(self, served: Callable[[], int], orphaned: Callable[[], None]) -> Callable[[float], None]:
+        """The hook the event loop's main thread calls each time round: beat, and ask to be recycled once.
+
+        Once a second it also checks that the master is still its parent: a master killed with
+        SIGKILL cannot stop its workers, which would otherwise serve on with nobody supervising.
+        """
         limit = self.max_requests
         asked = False
+        master = os.getppid()
+        next_check = 0.0
 
         def tick(now: float) -> None:
-            nonlocal asked
+            nonlocal asked, next_check
             self.beat(now)
             if limit and not asked and served() >= limit:
                 asked = True
                 self.set_state(RECYCLE)
+            if now >= next_check:
+                next_check = now + 1.0
+                if os.getppid() != master:
+                    orphaned()
 
         return tick
 
