@@ -81,7 +81,9 @@ class EnvironBuilder:
         proxies = self.proxies
         if not proxies.trusts(peer):
             return
-        env["REMOTE_ADDR"] = proxies.client(peer, env.get("HTTP_X_FORWARDED_FOR"))
+        forwarded_for = env.get("HTTP_X_FORWARDED_FOR")
+        if forwarded_for is not None:
+            env["REMOTE_ADDR"] = proxies.client_of_trusted(peer, forwarded_for)
         proto = env.get("HTTP_X_FORWARDED_PROTO")
         if proto:
             proto = proto.rsplit(",", 1)[-1].strip().lower()  # the last one was set by the proxy nearest us

@@ -32,6 +32,10 @@ class TrustedProxies:
         """The first address, from the right, that is not one of our proxies."""
         if forwarded_for is None or not self.trusts(peer):
             return peer
+        return self.client_of_trusted(peer, forwarded_for)
+
+    def client_of_trusted(self, peer: str, forwarded_for: str) -> str:
+        """``client`` for a peer already found trusted (the environ builder asks once per request)."""
         if "," not in forwarded_for:  # one hop, the usual case behind one proxy: it is the answer either way
             return forwarded_for.strip() or peer
         hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
