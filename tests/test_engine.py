@@ -374,3 +374,17 @@ def test_threads_serve_concurrently(server_factory):
         t.join()
     assert barrier_hits == [b"done"] * 4
     assert time.monotonic() - started < 3.5  # four 1 s calls overlap on four threads, not 4 s in a row
+
+
+@both_listeners
+def test_large_answers_between_small_ones_arrive_whole_and_in_order(server_factory, raw_factory):
+    """Answers above the runner's join limit go out as head and body pieces (sendmsg): with pipelined
+    small answers around them, and 3 MiB that no socket buffer takes at once (partial sends), every
+    answer arrives complete, in order, framed by its Content-Length."""
+    server = server_factory("--app", "apps:big", "--no-access-log")
+    client = raw_factory(server.address)
+    sizes = [10, 3 << 20, 100, 40000, 5]
+    client.send(b"".join(get(f"/n{i}?bytes={size}") for i, size in enumerate(sizes)))
+    for size in sizes:
+        status, headers, body = client.read_response()
+        assert status == 200 and int(headers["content-length"]) == size and body == b"x" * size

@@ -110,6 +110,28 @@ class Connection:
                 continue
             view = view[sent:]
 
+    def send_parts(self, head: bytes, body: bytes) -> None:
+        """A large whole answer, written now: held answers, head and body in one sendmsg, never joined.
+
+        Joining them first would copy the body; the kernel gathers the pieces instead. Whatever the
+        socket does not take at once goes out as ``send_all`` sends (waiting for a slow reader).
+        """
+        if self.is_tls:  # encryption copies anyway; TLSConnection writes in records of its own
+            self.send_all(head + body)
+            return
+        parts = [self.out, head, body] if self.out else [head, body]
+        self.out = b""
+        try:
+            sent = self.sock.sendmsg(parts)
+        except BlockingIOError:
+            sent = 0
+        for part in parts:
+            if sent >= len(part):
+                sent -= len(part)
+                continue
+            self.send_all(memoryview(part)[sent:] if sent else part)
+            sent = 0
+
     def send_file(self, head: bytes, fd: int, offset: int, count: int) -> int:
         """Held answers and ``head``, then ``count`` bytes of the file from ``offset`` with sendfile(2).
 

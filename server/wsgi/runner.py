@@ -45,9 +45,16 @@ class Sink(Protocol):
     status: int
     answered: int
 
+    # Optional: ``send_parts(head, body)`` writes a large answer now without joining head and body
+    # first (a copy of the whole body); used for bodies above _JOIN_LIMIT.
     # Optional, looked up with getattr: ``sendfile_ok`` (bool) says whether ``send_file`` may be used;
     # ``send_file(head, fd, offset, count) -> int`` writes the head and then count bytes of the file
     # from offset (returns fewer only when the file ends first).
+
+
+# Above this, head and body go to the sink as two pieces: joining them would copy the body (1 MiB
+# at a time for a large download), while for a small answer one joined write is the cheaper one.
+_JOIN_LIMIT = 32768
 
 
 class DateCache:
@@ -186,7 +193,10 @@ class WSGIRunner:
                 plan = exchange.begin(len(body))
                 if plan.send_body and body:
                     exchange.bytes_sent = len(body)
-                    sink.send_response(plan.head + body)
+                    if len(body) > _JOIN_LIMIT and hasattr(sink, "send_parts"):
+                        sink.send_parts(plan.head, body)  # type: ignore[attr-defined]
+                    else:
+                        sink.send_response(plan.head + body)
                     sink.answered = len(plan.head) + len(body)
                 else:
                     sink.send_response(plan.head)
