@@ -257,10 +257,13 @@ def test_recycled_workers_hand_over_every_count(server_factory):
     for i in range(sent):
         assert fetch(server.url, f"/add/{i}/1")[0] == 200
     def recycled() -> Series | None:
+        # Counts lag by up to 0.25 s (each worker publishes 4 times a second): wait for both.
         series, _ = scrape(url)
-        return series if value(series, "calc_server_worker_restarts_total", reason="max-requests") >= 1 else None
+        done = (value(series, "calc_server_worker_restarts_total", reason="max-requests") >= 1
+                and value(series, "calc_server_requests_total", method="GET", status="200") >= sent)
+        return series if done else None
 
-    series = wait_until(recycled, 15, "a worker recycled")
+    series = wait_until(recycled, 15, "a worker recycled and every request counted")
     assert value(series, "calc_server_requests_total", method="GET", status="200") == sent
     assert value(series, "calc_server_request_duration_seconds_count") == sent
     assert value(series, "calc_server_connections_accepted_total") == sent
