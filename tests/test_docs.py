@@ -118,6 +118,20 @@ def test_readme_is_a_short_front_page_whose_links_resolve(site: Path):
             assert f'id="{anchor}"' in built.read_text(), link
 
 
+def test_benchmark_summary_is_the_latest_run():
+    """The summary table on the Benchmarks page quotes results/latest.md; a new run without a new summary fails."""
+    page = (ROOT / "docs" / "benchmarks.md").read_text()
+    latest = (ROOT / "results" / "latest.md").read_text()
+    summary = page[page.index("## Latest results"):page.index("\n## ", page.index("## Latest results") + 1)]
+    commit = re.search(r"server code of commit ([0-9a-f]{7,})", summary)
+    assert commit and f"commit {commit[1]}" in latest, "the summary names another commit than results/latest.md"
+    rows = [line for line in summary.splitlines() if line.startswith("|")]
+    figures = [n for line in rows for n in re.findall(r"\d{1,3}(?:,\d{3})+", line)]
+    assert figures
+    for figure in figures:
+        assert f"| {figure} |" in latest, figure
+
+
 def transcripts() -> list[tuple[str, str, list[str]]]:
     """(file, command, expected output lines) for every ``$ curl`` or ``$ python3 -m server ...`` shown
     in a console block that can run against a local server (the compose stack's port 8080 is tested

@@ -84,7 +84,7 @@ def build_context(settings: Settings) -> ssl.SSLContext:
     password = None
     if settings.keyfile_password_file:
         with open(settings.keyfile_password_file, "rb") as handle:
-            password = handle.read().rstrip(b"\r\n")
+            password = handle.readline().rstrip(b"\r\n")  # the first line; a trailing newline is not part of it
     context.load_cert_chain(settings.certfile, settings.keyfile or None, password=password)
     if settings.ca_certs:
         context.load_verify_locations(cafile=settings.ca_certs)
