@@ -16,6 +16,10 @@ use_venv() {
     # What the environment was built from: the requirements and the exact interpreter.
     wanted=$({ cat "$@"; "$python" -c 'import sys; print(sys.executable, sys.version)'; } | sha256sum | cut -c1-16)
     stamp=$venv/.built-from
+    # Two runs starting at once in one checkout build the environment one after the other.
+    local lock
+    exec {lock}>"$venv.lock"
+    command -v flock >/dev/null && flock "$lock"
     if [[ ! -x $venv/bin/python || $(cat "$stamp" 2>/dev/null) != "$wanted" ]]; then
         # A half-made environment (python3 -m venv without ensurepip leaves one without pip) is made again.
         if ! "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
@@ -32,6 +36,7 @@ use_venv() {
         "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${args[@]}"
         echo "$wanted" >"$stamp"
     fi
+    exec {lock}>&-  # the tests themselves may run side by side
     # Tools the scripts and tests start by name (locust, granian, docker-compose-wait ...) come from here.
     export VIRTUAL_ENV=$venv PATH=$venv/bin:$PATH
 }

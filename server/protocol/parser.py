@@ -259,9 +259,35 @@ class RequestParser:
         count = block.count("\r\n")
         if count > limits.max_header_count:
             raise ProtocolError(431, f"more than {limits.max_header_count} header fields")
-        fields = _FIELDS.findall(block)
-        if len(fields) != count or len(block) > limits.max_header_size:
+        if len(block) > limits.max_header_size:
             self._check_lines(block)  # raises with the exact problem, or passes long-but-valid heads
+        # The usual block, all printable once its CRLFs are gone, settles with C-level string methods
+        # and a lookup per name: no bare CR or LF and no control character can be in it, so a line is
+        # valid exactly when its name is a token followed by a colon. Anything else (a tab or obs-text
+        # in a value, a name not seen before that is no token) takes the pattern below, the arbiter.
+        if block.replace("\r\n", "").isprintable():
+            lines = block.split("\r\n")
+            lines.pop()  # the block ends with CRLF: nothing after the last one
+            names = _field_names
+            fields = []
+            for line in lines:
+                name, colon, value = line.partition(":")
+                lower = names.get(name)
+                if lower is None:
+                    if not colon or _TOKEN_TEXT.fullmatch(name) is None:
+                        break
+                    lower = name.lower()
+                    if len(names) < _FIELD_NAMES_LIMIT:
+                        names[name] = lower
+                fields.append((lower, value.strip(" \t")))
+            else:
+                return fields
+        return self._fields_by_pattern(block, count)
+
+    def _fields_by_pattern(self, block: str, count: int) -> list[tuple[str, str]]:
+        fields = _FIELDS.findall(block)
+        if len(fields) != count:
+            self._check_lines(block)  # raises with the exact problem
         if " \r\n" in block or "\t\r\n" in block:
             return [(name.lower(), value.rstrip(" \t")) for name, value in fields]
         return [(name.lower(), value) for name, value in fields]
@@ -431,6 +457,11 @@ class RequestParser:
         del buf[: end + 2]
         return line
 
+
+# Field names already found to be tokens, with their lower-case form: most clients send the same few.
+_field_names: dict[str, str] = {}
+_FIELD_NAMES_LIMIT = 512
+_TOKEN_TEXT = re.compile(_TCHAR.decode() + "+")
 
 # Host values already found valid; most servers see the same few, and a lookup is cheaper than the pattern.
 _good_hosts: set[str] = set()
