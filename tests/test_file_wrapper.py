@@ -180,3 +180,27 @@ def test_flask_byte_range_of_a_file(server_factory, payload):
     assert (status, headers["content-range"], body) == (206, f"bytes 1000-1999/{SIZE}", payload[1][1000:2000])
     assert client.request(get("/hello/x"))[0] == 200
     client.close()
+
+
+def test_file_over_a_unix_socket_listener(server_factory, payload):
+    """sendfile(2) writes to a Unix stream socket as well: byte exact, and still no copy through Python."""
+    import shutil
+    import tempfile
+
+    directory = tempfile.mkdtemp(prefix="calc-")  # short: a socket path has at most 107 bytes
+    try:
+        path = os.path.join(directory, "files.sock")
+        server = files_server(server_factory, payload, "-b", f"unix:{path}")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(10)
+        sock.connect(path)
+        client = RawClient(sock)
+        before = written(server.proc.pid)
+        status, headers, body = client.request(get("/file"), timeout=20)
+        after = written(server.proc.pid)
+        assert (status, headers["content-length"], body == payload[1]) == (200, str(SIZE), True)
+        check_sendfile(after - before, "plain")
+        assert client.request(get("/after"))[2] == b"/after"
+        client.close()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

@@ -1,9 +1,9 @@
 """Installing the server: a wheel built from the checkout goes into a fresh virtual environment and runs there.
 
-The build copies only what the metadata needs (pyproject.toml and server/) to a
-temporary directory, so it cannot lean on the rest of the checkout, and the
-installed server runs from another directory with nothing of the checkout on
-its path.
+The build runs on a copy of the checkout (every top-level directory, as a
+clone has them: the layout that used to make setuptools give up with "Multiple
+top-level packages discovered"), and the installed server runs from another
+directory with nothing of the checkout on its path.
 """
 
 from __future__ import annotations
@@ -21,14 +21,21 @@ from conftest import ROOT, get
 import server
 
 
+def checkout_copy(destination: Path) -> Path:
+    """The checkout as a fresh clone has it (server/, loadtest/, nginx/, tests/, ... side by side), without
+    caches, virtual environments or earlier build output, so setuptools meets the real flat layout."""
+    skip = shutil.ignore_patterns(".git", ".venv*", "__pycache__", "*.egg-info", "build", "dist", "site",
+                                  ".pytest_cache", ".hypothesis", ".ruff_cache", "results")
+    shutil.copytree(ROOT, destination, ignore=skip)
+    assert (destination / "loadtest").is_dir() and (destination / "nginx").is_dir()
+    return destination
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
     """A venv with the wheel installed; returns its bin directory."""
     base = tmp_path_factory.mktemp("install")
-    source = base / "source"
-    source.mkdir()
-    shutil.copy(ROOT / "pyproject.toml", source)
-    shutil.copytree(ROOT / "server", source / "server", ignore=shutil.ignore_patterns("__pycache__"))
+    source = checkout_copy(base / "source")
     dist = base / "dist"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-q",
                     "-w", str(dist), str(source)], check=True, capture_output=True, timeout=180)
@@ -80,3 +87,19 @@ def test_version_flag_without_installing():
     result = subprocess.run([sys.executable, "-m", "server", "-V"], cwd=ROOT, capture_output=True, text=True,
                             timeout=30)
     assert (result.returncode, result.stdout.strip()) == (0, f"calc-server {server.__version__}")
+
+
+@pytest.mark.slow
+def test_pip_install_of_the_source_directory(tmp_path):
+    """`pip install .` (here into --target, with this environment's setuptools) installs the package and script."""
+    source = checkout_copy(tmp_path / "source")
+    target = tmp_path / "target"
+    result = subprocess.run([sys.executable, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-q",
+                             "--target", str(target), "."], cwd=source, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert (target / "server" / "cli.py").exists() and (target / "bin" / "calc-server").exists()
+    assert sorted(p.name for p in target.iterdir() if not p.name.endswith(".dist-info")) == ["bin", "server"]
+    env = {**_clean_env(), "PYTHONPATH": str(target)}
+    version = subprocess.run([sys.executable, str(target / "bin" / "calc-server"), "-V"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=30)
+    assert version.stdout.strip() == f"calc-server {server.__version__}", version.stderr

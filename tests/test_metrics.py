@@ -257,11 +257,31 @@ def test_recycled_workers_hand_over_every_count(server_factory):
     for i in range(sent):
         assert fetch(server.url, f"/add/{i}/1")[0] == 200
     def recycled() -> Series | None:
+        # Counts lag by up to 0.25 s (each worker publishes 4 times a second): wait for both.
         series, _ = scrape(url)
-        return series if value(series, "calc_server_worker_restarts_total", reason="max-requests") >= 1 else None
+        done = (value(series, "calc_server_worker_restarts_total", reason="max-requests") >= 1
+                and value(series, "calc_server_requests_total", method="GET", status="200") >= sent)
+        return series if done else None
 
-    series = wait_until(recycled, 15, "a worker recycled")
+    series = wait_until(recycled, 15, "a worker recycled and every request counted")
     assert value(series, "calc_server_requests_total", method="GET", status="200") == sent
     assert value(series, "calc_server_request_duration_seconds_count") == sent
     assert value(series, "calc_server_connections_accepted_total") == sent
     assert value(series, "calc_server_worker_restarts_total", reason="crash") == 0
+
+
+def test_metrics_listener_survives_bad_and_stalled_clients(server_factory, raw_factory):
+    server, url = start(server_factory)
+    port = int(url.rsplit(":", 1)[1])
+    bad = raw_factory(("127.0.0.1", port))
+    status, headers, body = bad.request(b"GET /metrics HTTP/1.1\r\nHost: t\r\nContent-Length: x\r\n\r\n")
+    assert b"Content-Length" in body
+    assert status == 400 and headers["content-type"] == "application/problem+json"
+    stalled = raw_factory(("127.0.0.1", port))
+    stalled.send(b"GET /metr")  # and nothing more: the endpoint gives up on it after 2 s
+    started = time.monotonic()
+    series, _ = scrape(url)
+    assert time.monotonic() - started < 4
+    assert stalled.is_closed(timeout=3)
+    assert value(series, "calc_server_workers") == 1
+    assert fetch(server.url, "/add/2/3")[2] == b"5"  # the application never noticed
