@@ -272,8 +272,9 @@ class RequestParser:
             fields = []
             for line in lines:
                 name, colon, value = line.partition(":")
-                lower = names.get(name)
-                if lower is None:
+                try:
+                    lower = names[name]  # a subscript is cheaper than .get(): no method call
+                except KeyError:
                     if not colon or _TOKEN_TEXT.fullmatch(name) is None:
                         break
                     lower = name.lower()
