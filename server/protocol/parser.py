@@ -60,6 +60,8 @@ class _State(enum.Enum):
 
 
 _REMEMBER_BLOCK = 2048  # longest header block a parser keeps to compare with the next one
+_KNOWN_LINES = 16  # header lines a parser keeps, each up to _KNOWN_LINE_SIZE characters
+_KNOWN_LINE_SIZE = 160
 
 # A header block's fields and what they mean for framing, which depends on nothing else:
 # (fields, host, host count, Content-Length count, its raw value, transfer codings or None,
@@ -111,8 +113,8 @@ _LENGTH_BODY = _State.LENGTH_BODY
 class RequestParser:
     """Turns a byte stream into ``Request`` objects, one complete request at a time."""
 
-    __slots__ = ("_body", "_buf", "_continue_due", "_empty_lines", "_last_block", "_last_fields", "_limits",
-                 "_pending", "_remaining", "_scan_from", "_state", "_trailer_bytes", "_trailer_count")
+    __slots__ = ("_body", "_buf", "_continue_due", "_empty_lines", "_known_lines", "_last_block", "_last_fields",
+                 "_limits", "_pending", "_remaining", "_scan_from", "_state", "_trailer_bytes", "_trailer_count")
 
     def __init__(self, limits: Limits | None = None) -> None:
         self._limits = limits or Limits()
@@ -130,6 +132,9 @@ class RequestParser:
         # on its upstream connection, usually repeats the same block, and then the work is done once.
         self._last_block = ""
         self._last_fields: _FieldFacts | None = None
+        # Header lines this connection sent before, with their (name, value): when the block changes
+        # (a new request id), its other lines usually have not. Bounded: at most _KNOWN_LINES short lines.
+        self._known_lines: dict[str, tuple[str, str]] = {}
 
     # -- input -----------------------------------------------------------------------------------------
 
@@ -261,16 +266,22 @@ class RequestParser:
             raise ProtocolError(431, f"more than {limits.max_header_count} header fields")
         if len(block) > limits.max_header_size:
             self._check_lines(block)  # raises with the exact problem, or passes long-but-valid heads
-        # The usual block, all printable once its CRLFs are gone, settles with C-level string methods
-        # and a lookup per name: no bare CR or LF and no control character can be in it, so a line is
-        # valid exactly when its name is a token followed by a colon. Anything else (a tab or obs-text
-        # in a value, a name not seen before that is no token) takes the pattern below, the arbiter.
-        if block.replace("\r\n", "").isprintable():
-            lines = block.split("\r\n")
-            lines.pop()  # the block ends with CRLF: nothing after the last one
-            names = _field_names
-            fields = []
-            for line in lines:
+        # The usual block settles with C-level string methods and a lookup per line: a line equal to
+        # one this connection sent before (a proxy repeats all but its request id) was checked then;
+        # a new line that is printable holds no bare CR or LF and no control character, so it is
+        # valid exactly when its name (before the first colon) is a token, and names already seen
+        # are one lookup that also gives the lower-case form. Anything else (a tab or obs-text in a
+        # value, a name that is no token) takes the pattern below, which names the exact problem.
+        lines = block.split("\r\n")
+        lines.pop()  # the block ends with CRLF: nothing after the last one
+        known = self._known_lines
+        names = _field_names
+        fields = []
+        for line in lines:
+            field = known.get(line)  # not a subscript: a request id's line misses every time, and a
+            if field is None:  # KeyError costs more than the method call
+                if not line.isprintable():
+                    break
                 name, colon, value = line.partition(":")
                 try:
                     lower = names[name]  # a subscript is cheaper than .get(): no method call
@@ -280,9 +291,14 @@ class RequestParser:
                     lower = name.lower()
                     if len(names) < _FIELD_NAMES_LIMIT:
                         names[name] = lower
-                fields.append((lower, value.strip(" \t")))
-            else:
-                return fields
+                field = (lower, value.strip(" \t"))
+                if len(line) <= _KNOWN_LINE_SIZE:
+                    if len(known) >= _KNOWN_LINES:
+                        known.clear()  # request ids that will not come again: start over
+                    known[line] = field
+            fields.append(field)
+        else:
+            return fields
         return self._fields_by_pattern(block, count)
 
     def _fields_by_pattern(self, block: str, count: int) -> list[tuple[str, str]]:
