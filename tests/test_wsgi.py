@@ -62,3 +62,17 @@ def test_django_app_runs_unchanged(server_factory):
                         "host": f"127.0.0.1:{server.port}"}
     assert requests.get(f"{server.url}/stream", timeout=5).text == "chunk 0\nchunk 1\nchunk 2\n"
     assert requests.get(f"{server.url}/nope", timeout=5).status_code == 404
+
+
+def test_date_cache_follows_the_clock_both_ways(monkeypatch):
+    """The Date value changes at each second's boundary, and at once when the clock is set back."""
+    from server.protocol.writer import http_date
+    from server.wsgi import runner as runner_module
+    clock = [1_000_000.2]
+    monkeypatch.setattr(runner_module, "_clock", lambda: clock[0])
+    dates = runner_module.DateCache()
+    seen = []
+    for now in (1_000_000.2, 1_000_000.999, 1_000_001.0, 1_000_001.5, 999_999.5, 1_000_000.0):
+        clock[0] = now
+        seen.append(dates.now())
+    assert seen == [http_date(s) for s in (1_000_000, 1_000_000, 1_000_001, 1_000_001, 999_999, 1_000_000)]
