@@ -399,10 +399,13 @@ class Reactor:
                         set_aside = True  # for fairness; the backlog comes back to it
                         break
                 if conn.out and not conn.closed:
-                    if not set_aside:
+                    if set_aside:
+                        conn.send_all(b"")
+                    elif self.backlog or any(self._helds):
                         self._hold(conn, me)
                         return  # still locked: whoever writes its answers lets it go
-                    conn.send_all(b"")
+                    elif not conn.flush():  # a batch of one, what _flush would write next: no detour
+                        self._wait_out(conn, me)
                 if set_aside:
                     # The backlog will not run dry while this client pipelines: write the batch now,
                     # so the answers held for others do not wait for it.
