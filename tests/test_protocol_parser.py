@@ -272,14 +272,15 @@ def test_one_parser_answers_like_a_fresh_parser_for_each_request(messages):
 _FIELD_LINES = [b"Host: a", b"X-Request-ID: 1", b"X-Request-ID: 2", b"X-Forwarded-For: 10.0.0.1",
                 b"User-Agent: wrk  ", b"Accept:\t*/*", b"X-Note: caf\xe9", b"X-Bad: a\rb", b"Bad Name: x",
                 b"Host : a", b"no colon here", b"X-Ctl: a\x01b", b"X-Empty:", b"Content-Length: 3",
-                b"Connection: close"]
+                b"Connection: close", b"Host: b", b"Connection: keep-alive", b"Expect: 100-continue"]
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.lists(st.sampled_from(_FIELD_LINES), max_size=6), min_size=1, max_size=40))
 def test_remembered_header_lines_change_nothing(blocks):
-    """Lines a connection sent before are reused (a proxy changes only its request id); every request
-    still comes out, or fails, exactly as a fresh parser makes it, across the memory's bound."""
+    """Lines a connection sent before are reused (a proxy changes only its request id), and a block as
+    long as the last one is read by its changed lines alone; every request still comes out, or fails,
+    exactly as a fresh parser makes it, across the memory's bound."""
     shared = RequestParser()
     for lines in blocks:
         data = _message(b"GET / HTTP/1.1", b"".join(line + b"\r\n" for line in lines))
@@ -287,6 +288,27 @@ def test_remembered_header_lines_change_nothing(blocks):
         assert _outcome(shared, data) == expected
         if not hasattr(expected, "method"):
             break
+
+
+_BASE_LINES = [b"Host: a", b"X-Request-ID: 1", b"User-Agent: wrk", b"X-Forwarded-For: 10.0.0.1"]
+
+
+@pytest.mark.parametrize("changed", [*_FIELD_LINES, b"X-Long: " + b"a" * 8190, b"Transfer-Encoding: chunked"],
+                         ids=lambda line: repr(line[:24]))
+def test_a_block_like_the_last_one_is_checked_in_every_changed_line(changed):
+    """A block with as many lines as the last one is read by its changed lines alone: whichever line
+    changes, alone or with the one after it, the request comes out (or fails) as a fresh parser makes it."""
+    for position in range(len(_BASE_LINES)):
+        for also_next in (False, True):
+            lines = list(_BASE_LINES)
+            lines[position] = changed
+            if also_next:
+                lines[(position + 1) % len(lines)] = b"X-Request-ID: 2"
+            shared = RequestParser()
+            first = _outcome(shared, _message(b"GET / HTTP/1.1", b"".join(line + b"\r\n" for line in _BASE_LINES)))
+            assert hasattr(first, "method")
+            data = _message(b"GET / HTTP/1.1", b"".join(line + b"\r\n" for line in lines))
+            assert _outcome(shared, data) == _outcome(RequestParser(), data), (position, also_next)
 
 
 def test_a_changed_header_block_is_read_afresh():

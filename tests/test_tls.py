@@ -422,3 +422,89 @@ def test_idle_tls_connection_is_closed_with_close_notify(server_factory, tls_cer
         assert pump_until(lambda: tls.read(65536)) == b""
     finally:
         sock.close()
+
+
+class _RecordClient:
+    """A TLS client that decides where its records and TCP segments begin and end (ssl.SSLObject over BIOs)."""
+
+    def __init__(self, address: tuple[str, int], context: ssl.SSLContext) -> None:
+        self.sock = socket.create_connection(address, timeout=5)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname="localhost")
+        self.plain = b""
+        self._pump(self.tls.do_handshake)
+
+    def _pump(self, step):
+        while True:
+            try:
+                return step()
+            except ssl.SSLWantReadError:
+                self.sock.sendall(self.outgoing.read())
+                data = self.sock.recv(65536)
+                if not data:
+                    raise ConnectionError("the server closed the connection") from None
+                self.incoming.write(data)
+            finally:
+                if self.outgoing.pending:
+                    self.sock.sendall(self.outgoing.read())
+
+    def records(self, *plaintexts: bytes) -> bytes:
+        """The ciphertext of one record per plaintext (each write is a record of its own), not yet sent."""
+        for plain in plaintexts:
+            self.tls.write(plain)
+        return self.outgoing.read()
+
+    def read_bodies(self, count: int) -> list[bytes]:
+        """The bodies of ``count`` answers with Content-Length, in order."""
+        bodies = []
+        while len(bodies) < count:
+            head, sep, rest = self.plain.partition(b"\r\n\r\n")
+            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), None)
+            if sep and length is not None and len(rest) >= length:
+                assert head.startswith(b"HTTP/1.1 200 "), head
+                bodies.append(rest[:length])
+                self.plain = rest[length:]
+                continue
+            self.plain += self._pump(lambda: self.tls.read(65536))
+        return bodies
+
+    def nothing_within(self, seconds: float) -> bool:
+        self.sock.settimeout(seconds)
+        try:
+            return not self.sock.recv(1, socket.MSG_PEEK)
+        except TimeoutError:
+            return True
+        finally:
+            self.sock.settimeout(5)
+
+
+def test_records_joined_or_split_on_the_wire_are_all_read(server_factory, tls_certs):
+    """The server reads a connection once per arrival: all records of one arrival, or a record's halves."""
+    server = server_factory("--app", "apps:echo", "--no-access-log",
+                            "--certfile", str(tls_certs.server_cert), "--keyfile", str(tls_certs.server_key))
+    client = _RecordClient(server.address, tls_certs.client_context())
+    try:
+        # One answer first, so the handshake is over and its reads cannot take in what follows.
+        client.sock.sendall(client.records(get("/first")))
+        assert json.loads(client.read_bodies(1)[0])["path"] == "/first"
+        # Three records in one segment: a GET, then a POST whose head and body are records of their own.
+        post = b"POST /p HTTP/1.1\r\nHost: test\r\nContent-Length: 5\r\n\r\n"
+        client.sock.sendall(client.records(get("/one"), post, b"hello"))
+        answers = [json.loads(body) for body in client.read_bodies(2)]
+        assert [(a["path"], a["body"]) for a in answers] == [("/one", ""), ("/p", "hello")]
+        # One record in two segments: nothing can be answered from the first half alone.
+        cipher = client.records(get("/split"))
+        client.sock.sendall(cipher[:len(cipher) // 2])
+        assert client.nothing_within(0.3)
+        client.sock.sendall(cipher[len(cipher) // 2:])
+        assert json.loads(client.read_bodies(1)[0])["path"] == "/split"
+        # A record and a half, then the rest: the first request is answered at once.
+        first, second = client.records(get("/a")), client.records(get("/b"))
+        client.sock.sendall(first + second[:10])
+        assert json.loads(client.read_bodies(1)[0])["path"] == "/a"
+        client.sock.sendall(second[10:])
+        assert json.loads(client.read_bodies(1)[0])["path"] == "/b"
+    finally:
+        client.sock.close()

@@ -116,6 +116,7 @@ class Reactor:
         # Metrics: a recorder per worker thread, the last for the main thread (timeouts), which publishes.
         self._metrics = metrics
         self._workers = [_Worker(metrics.threads[i] if metrics else None) for i in range(settings.threads)]
+        self._helds = tuple(worker.held for worker in self._workers)  # scanned in C by any(), once per poll
         self._stats = metrics.threads[-1] if metrics else None
         self._idle: list[_Worker] = []
         self._leader: _Worker | None = None
@@ -341,15 +342,13 @@ class Reactor:
         backlog = self.backlog
         conns = self.conns
         take = self._take
-        workers = self._workers
+        helds = self._helds
         while self._leader is me and not self._done:
             if self.stopping and self.listeners:
                 self._retire_listeners(accepting=me)
             if not backlog:
-                for worker in workers:
-                    if worker.held:
-                        self._flush(me)
-                        break  # and look again: a connection written may be back in the backlog
+                if any(helds):
+                    self._flush(me)  # and look again: a connection written may be back in the backlog
                 else:
                     try:
                         backlog.extend(poll(_POLL_TIMEOUT))
@@ -400,10 +399,13 @@ class Reactor:
                         set_aside = True  # for fairness; the backlog comes back to it
                         break
                 if conn.out and not conn.closed:
-                    if not set_aside:
+                    if set_aside:
+                        conn.send_all(b"")
+                    elif self.backlog or any(self._helds):
                         self._hold(conn, me)
                         return  # still locked: whoever writes its answers lets it go
-                    conn.send_all(b"")
+                    elif not conn.flush():  # a batch of one, what _flush would write next: no detour
+                        self._wait_out(conn, me)
                 if set_aside:
                     # The backlog will not run dry while this client pipelines: write the batch now,
                     # so the answers held for others do not wait for it.
@@ -428,14 +430,14 @@ class Reactor:
 
     def _flush(self, me: _Worker) -> None:
         """Write every held answer, this thread's and any other's, and let those connections go."""
-        for worker in self._workers:
-            held = worker.held
+        release = self._release
+        for held in filter(None, self._helds):  # skips the empty ones in C
             while held:
                 try:
                     conn = held.popleft()
                 except IndexError:
                     break
-                self._release(conn, me)
+                release(conn, me)
 
     def _release(self, conn: Connection, me: _Worker) -> None:
         try:

@@ -15,6 +15,10 @@ the socket contract the reactor already relies on: ``BlockingIOError`` when no
 plaintext is available, ``b""`` at EOF, and a full-sized result whenever more
 is waiting (decrypted bytes kept back, or a full raw read), so the reactor reads
 again exactly as it does for plain sockets. Nothing can hide from the poller.
+The common case, a short raw read holding one whole record, takes a fast path of
+a few C calls (raw read, BIO write, one ``SSLObject.read``) with no buffering;
+anything else (several records, a partial one, EOF, a record OpenSSL must answer)
+goes through the general loop.
 
 The handshake is the first phase of the same ``recv``: each arrival of bytes is
 fed to OpenSSL and answered without waiting; until the handshake is complete
@@ -24,11 +28,12 @@ a ClientHello is an idle connection in the poller, dropped by the sweep after
 ``--header-timeout`` from accept like any client that sends no request (there is
 no separate setting: the handshake is part of getting the first request).
 
-Writes: plaintext is encrypted into a ciphertext buffer, which goes to the
-kernel without waiting. ``TLSConnection`` (a ``Connection``) overrides the four
-writing methods so "flushed" means the ciphertext left too, which keeps held
-(batched) answers, 100-continue, streamed bodies and the send timeout for slow
-readers working unchanged. Plain connections keep the base class: the plain
+Writes: plaintext is encrypted and the ciphertext goes to the kernel without
+waiting; only what the kernel does not take is queued (and sent first next
+time). ``TLSConnection`` (a ``Connection``) overrides the four writing methods
+so "flushed" means the ciphertext left too, which keeps held (batched) answers,
+100-continue, streamed bodies and the send timeout for slow readers working
+unchanged. Plain connections keep the base class: the plain
 path has no TLS check anywhere except one tuple-length test when the environ
 is built (see ``server/wsgi/environ.py``).
 
@@ -144,7 +149,32 @@ class TLSStream:
             return self.raw.recv(size, flags)
         if not self.handshaken:
             self._handshake()
-        return self._read(size)
+            return self._read(size)
+        if self._plain or self._eof:
+            return self._read(size)
+        # The common case in a few C calls: one short raw read (the kernel is now empty) holding one whole
+        # record. A BlockingIOError from the raw read passes through: nothing is kept back here.
+        data = self.raw.recv(_RAW)
+        if not data:
+            self._eof = True
+            return b""
+        self._in.write(data)
+        if len(data) == _RAW:
+            return self._read(size)  # more may be waiting in the kernel
+        try:
+            plain = self.tls.read(_RAW)  # _RAW exceeds a record (16 KiB): a record's plaintext comes whole
+        except ssl.SSLWantReadError:  # part of a record (its rest will be polled), or a record for OpenSSL alone
+            if self._out.pending:  # which may need an answer (a key update)
+                self._push_out()
+            raise BlockingIOError from None
+        except ssl.SSLZeroReturnError:
+            plain = b""
+        if not plain or self._in.pending or self._out.pending or len(plain) > size:
+            self._plain += plain  # close_notify, more records, an answer due, more than asked for
+            if not plain:
+                self._eof = True
+            return self._read(size, drained=True)
+        return plain
 
     def _handshake(self) -> None:
         conn = self.conn
@@ -180,11 +210,12 @@ class TLSStream:
         if conn is not None:
             conn.peer = (conn.peer[0], conn.peer[1], self.environ())
 
-    def _read(self, size: int) -> bytes:
+    def _read(self, size: int, drained: bool = False) -> bytes:
+        """Decrypt what is buffered, reading the socket until it is empty unless it is known to be (drained)."""
         plain = self._plain
         while True:
             self._decrypt()
-            if len(plain) >= size or self._eof:
+            if len(plain) >= size or self._eof or drained:
                 break
             try:
                 data = self.raw.recv(_RAW)
@@ -239,9 +270,24 @@ class TLSStream:
 
     # -- writing ---------------------------------------------------------------------------------------------
 
-    def encrypt(self, data: bytes | memoryview) -> None:
+    def write(self, data: bytes | memoryview) -> bool:
+        """Encrypt and hand to the kernel without waiting; True when no ciphertext is left queued.
+
+        The common case (nothing queued before, the kernel takes it all) makes no copy of the ciphertext.
+        """
         self.tls.write(data)
-        self._cipher += self._out.read()
+        if self._cipher:  # older ciphertext goes first
+            self._cipher += self._out.read()
+            return self.push()
+        cipher = self._out.read()
+        try:
+            sent = self.raw.send(cipher)
+        except BlockingIOError:
+            sent = 0
+        if sent < len(cipher):
+            self._cipher += memoryview(cipher)[sent:]
+            return False
+        return True
 
     def push(self) -> bool:
         """Hand queued ciphertext to the kernel without waiting; True when none is left."""
@@ -347,12 +393,11 @@ class TLSConnection(Connection):
     sendfile_ok = False  # the runner reads file_wrapper bodies in blocks instead (see wsgi/file_wrapper.py)
 
     def flush(self) -> bool:
-        stream = self.sock
         out = self.out
         if out:
             self.out = b""
-            stream.encrypt(out)
-        return stream.push()
+            return self.sock.write(out)
+        return self.sock.push()
 
     def send_all(self, data: bytes) -> None:
         if self.out:
@@ -360,15 +405,12 @@ class TLSConnection(Connection):
             self.out = b""
         stream = self.sock
         if len(data) <= _CHUNK:
-            if data:
-                stream.encrypt(data)
-            if not stream.push():
+            if not (stream.write(data) if data else stream.push()):
                 self._wait(stream)
             return
         view = memoryview(data)
         for start in range(0, len(view), _CHUNK):
-            stream.encrypt(view[start:start + _CHUNK])
-            if not stream.push():
+            if not stream.write(view[start:start + _CHUNK]):
                 self._wait(stream)
 
     def _wait(self, stream: TLSStream) -> None:
@@ -383,8 +425,7 @@ class TLSConnection(Connection):
             data = self.out + data
             self.out = b""
         try:
-            self.sock.encrypt(data)
-            return self.sock.push()
+            return self.sock.write(data)
         except (OSError, ValueError):
             return False
 
