@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 import pytest
-from conftest import both_listeners, get
+from conftest import RawClient, both_listeners, get
 
 from server.protocol import RequestParser
 from server.transport.connection import HOLD_LIMIT, Connection
@@ -168,3 +169,33 @@ def test_requests_arriving_while_an_answer_is_held_are_served_in_order(server_fa
         thread.join(timeout=60)
     assert not any(thread.is_alive() for thread in threads), "a client hung"
     assert failures == []
+
+
+def test_a_pipelining_reader_that_lags_gets_every_answer(server_factory):
+    """With nothing else to serve, a finished batch goes out at once instead of being held; once the
+    client's buffers are full, that write waits for it like any other. Past max_pipeline the connection
+    is set aside in the backlog while its thread still waits for the reader; the leader that takes it
+    out finds it locked, so the owner must serve it on (it used to return, leaving the rest of the
+    requests buffered and unanswered for good). Every answer arrives whole and in order."""
+    server = server_factory("--app", "apps:big", "--threads", "2", "--no-access-log")
+    lagging = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lagging.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    lagging.connect(server.address)
+    sizes = [4000 + index % 97 for index in range(1500)]  # a few MiB: more than the kernel buffers
+    try:
+        for start in range(0, len(sizes), 3):  # three answers to a batch, under HOLD_LIMIT together
+            lagging.sendall(b"".join(get(f"/?bytes={size}") for size in sizes[start:start + 3]))
+            time.sleep(0.002)  # a batch to a read: the server answers each before the next arrives
+        other = server.connect(timeout=10)
+        try:
+            status, _, body = other.request(get("/?bytes=5"), timeout=10)
+            assert (status, body) == (200, b"xxxxx")
+        finally:
+            other.close()
+        reader = RawClient(lagging)
+        for index, size in enumerate(sizes):
+            status, _, body = reader.read_response(timeout=10)
+            assert (status, len(body)) == (200, size), f"answer {index}"
+    finally:
+        lagging.close()
+    assert "Traceback" not in server.output()

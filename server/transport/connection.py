@@ -26,8 +26,8 @@ class Connection:
     """Whoever works on a connection holds its lock: the thread serving it, or the timeout sweep."""
 
     __slots__ = ("answered", "closed", "closing_budget", "dirty", "drain_deadline", "drained", "draining", "fd",
-                 "hangup", "head_started", "idle_since", "last_io", "lock", "out", "parser", "peer", "send_timeout",
-                 "served", "set_aside", "sock", "status")
+                 "hangup", "head_started", "idle_since", "last_io", "lock", "out", "parser", "peer", "queued",
+                 "send_timeout", "served", "set_aside", "sock", "status")
     is_tls = False  # a class attribute, overridden by tls.TLSConnection: plain sockets may use os.sendfile
     sendfile_ok = True  # the kernel may copy a file to this socket itself (send_file); False under TLS
 
@@ -43,6 +43,7 @@ class Connection:
         self.dirty = False  # readable since its owner last read: the owner reads again before letting go
         self.hangup = False  # the peer closed its side; its EOF is still to be read
         self.set_aside = False  # in the backlog with complete requests buffered (fairness)
+        self.queued = False  # set aside and not yet taken out of the backlog by a leader
         self.served = 0
         self.closing_budget = CLOSING_BUDGET
         self.idle_since = now  # when the connection last became idle (accept or end of a response)

@@ -370,6 +370,7 @@ class Reactor:
             else:
                 # a client that pipelined more than max_pipeline: whatever else is ready goes first
                 conn = item
+                conn.queued = False
                 with contextlib.suppress(OSError):
                     backlog.extend(poll(0))
             conn.dirty = True
@@ -416,8 +417,8 @@ class Reactor:
                 conn.lock.release()
                 raise
             conn.lock.release()
-            if set_aside:
-                return
+            if set_aside and conn.queued:
+                return  # else a leader took it out of the backlog while we held it: it counts on us
 
     def _hold(self, conn: Connection, me: _Worker) -> None:
         """Keep a connection with a finished answer locked until its batch is written."""
@@ -626,7 +627,7 @@ class Reactor:
                     return False
             else:
                 if parser.buffered:
-                    conn.set_aside = True
+                    conn.set_aside = conn.queued = True
                     self.backlog.append(conn)  # more pipelined requests: let others go first
                     self._wake_leader()
                     return True
