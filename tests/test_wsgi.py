@@ -6,6 +6,7 @@ import json
 
 import pytest
 import requests
+from conftest import RawClient
 
 pytest.importorskip("flask")
 pytest.importorskip("django")
@@ -76,3 +77,17 @@ def test_date_cache_follows_the_clock_both_ways(monkeypatch):
         clock[0] = now
         seen.append(dates.now())
     assert seen == [http_date(s) for s in (1_000_000, 1_000_000, 1_000_001, 1_000_001, 999_999, 1_000_000)]
+
+
+def test_a_request_without_a_body_reads_empty_every_way_and_knows_its_port(server_factory):
+    """Bodiless requests share one empty ``wsgi.input``: each way of reading it gives nothing, whatever
+    an earlier request did with it; REMOTE_PORT is the client's port as text (PEP 3333: a string)."""
+    server = server_factory("--app", "apps:input_probe", "--no-access-log")
+    empty = {"read": "", "read_n": "", "readline": "", "readlines": [], "iter": [], "tell": 0}
+    client = RawClient.connect(server.address)
+    port = str(client.sock.getsockname()[1])
+    for method in (b"GET", b"DELETE", b"POST", b"GET"):
+        status, _, body = client.request(method + b" / HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+        assert status == 200
+        assert json.loads(body) == {**empty, "remote_port": port}
+    client.sock.close()

@@ -179,7 +179,7 @@ class WSGIRunner:
         # Set at shutdown: from then on each connection's last answer carries Connection: close.
         self.closing = False
 
-    def run(self, request: Request, peer: tuple[str, int], sink: Sink, keep_alive: bool) -> bool:
+    def run(self, request: Request, peer: tuple[str, str], sink: Sink, keep_alive: bool) -> bool:
         """Answer one request; True when the connection may carry another.
 
         Raises OSError when sending fails (the client went away).
