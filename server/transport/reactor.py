@@ -635,7 +635,8 @@ class Reactor:
             if parser.take_continue() and not conn.send_nowait(CONTINUE):
                 self._close(conn)
                 return False
-        self._rearm(conn)
+        if self._rearm_needed:  # not with epoll: no call at all on the hot path
+            self._rearm(conn)
         return False
 
     def _reject(self, conn: Connection, error: ProtocolError, now: float, me: _Worker | None = None) -> None:
