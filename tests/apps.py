@@ -233,3 +233,20 @@ def batch_counting(environ, start_response):
 validated_echo = validator(echo)
 validated_streaming = validator(streaming)
 validated_closing = validator(closing)
+
+
+def input_probe(environ, start_response):
+    """Reads ``wsgi.input`` every way PEP 3333 allows and reports what each gave (for bodiless requests)."""
+    stream = environ["wsgi.input"]
+    info = {
+        "read": stream.read().decode("latin-1"),
+        "read_n": stream.read(10).decode("latin-1"),
+        "readline": stream.readline().decode("latin-1"),
+        "readlines": [line.decode("latin-1") for line in stream.readlines()],
+        "iter": [line.decode("latin-1") for line in stream],
+        "tell": stream.tell(),
+        "remote_port": environ["REMOTE_PORT"],
+    }
+    data = json.dumps(info).encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+    return [data]

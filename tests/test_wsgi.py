@@ -6,6 +6,7 @@ import json
 
 import pytest
 import requests
+from conftest import RawClient
 
 pytest.importorskip("flask")
 pytest.importorskip("django")
@@ -62,3 +63,31 @@ def test_django_app_runs_unchanged(server_factory):
                         "host": f"127.0.0.1:{server.port}"}
     assert requests.get(f"{server.url}/stream", timeout=5).text == "chunk 0\nchunk 1\nchunk 2\n"
     assert requests.get(f"{server.url}/nope", timeout=5).status_code == 404
+
+
+def test_date_cache_follows_the_clock_both_ways(monkeypatch):
+    """The Date value changes at each second's boundary, and at once when the clock is set back."""
+    from server.protocol.writer import http_date
+    from server.wsgi import runner as runner_module
+    clock = [1_000_000.2]
+    monkeypatch.setattr(runner_module, "_clock", lambda: clock[0])
+    dates = runner_module.DateCache()
+    seen = []
+    for now in (1_000_000.2, 1_000_000.999, 1_000_001.0, 1_000_001.5, 999_999.5, 1_000_000.0):
+        clock[0] = now
+        seen.append(dates.now())
+    assert seen == [http_date(s) for s in (1_000_000, 1_000_000, 1_000_001, 1_000_001, 999_999, 1_000_000)]
+
+
+def test_a_request_without_a_body_reads_empty_every_way_and_knows_its_port(server_factory):
+    """Bodiless requests share one empty ``wsgi.input``: each way of reading it gives nothing, whatever
+    an earlier request did with it; REMOTE_PORT is the client's port as text (PEP 3333: a string)."""
+    server = server_factory("--app", "apps:input_probe", "--no-access-log")
+    empty = {"read": "", "read_n": "", "readline": "", "readlines": [], "iter": [], "tell": 0}
+    client = RawClient.connect(server.address)
+    port = str(client.sock.getsockname()[1])
+    for method in (b"GET", b"DELETE", b"POST", b"GET"):
+        status, _, body = client.request(method + b" / HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+        assert status == 200
+        assert json.loads(body) == {**empty, "remote_port": port}
+    client.sock.close()

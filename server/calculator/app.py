@@ -25,7 +25,7 @@ from .arithmetic import (
     parse_operand,
     to_plain,
 )
-from .calc_request import parse_calc_request
+from .calc_request import COMMON_BODY, DOT, parse_common, parse_other
 from .problems import DOCUMENTED, Problem, shown
 from .request_body import COMMON_JSON_TYPES, read_body, require_json
 
@@ -127,13 +127,24 @@ def _calc(environ: dict[str, Any]) -> Response:
         _allow(environ, _POSTABLE)
     if environ.get("CONTENT_TYPE", "") not in COMMON_JSON_TYPES:
         require_json(environ)
-    op, first, second = parse_calc_request(read_body(environ))
-    integer = _INTEGER_CALC.get(op)
-    if integer is not None and type(first) is int and type(second) is int:
-        # Whole numbers as ints (see INTEGER_OPERATIONS): %d of each is its to_plain text.
-        integer_operation, template = integer
-        body = template % (first, second, integer_operation(first, second))
-        return _OK, [_JSON, ("Content-Length", str(len(body)))], body
+    body = read_body(environ)
+    common = COMMON_BODY.fullmatch(body)
+    if common is None:
+        op, first, second = parse_other(body)
+    else:
+        name, first_text, second_text = common.groups()
+        integer = _INTEGER_CALC.get(name)
+        if (integer is not None and DOT not in first_text and DOT not in second_text
+                and len(first_text) <= MAX_SIGNIFICANT_DIGITS and len(second_text) <= MAX_SIGNIFICANT_DIGITS):
+            # Whole numbers as ints (see INTEGER_OPERATIONS), straight from the match: what parse_common
+            # would give, without building its tuple. %d of each is its to_plain text.
+            integer_operation, template = integer
+            first, second = int(first_text), int(second_text)
+            body = template % (first, second, integer_operation(first, second))
+            return _OK, [_JSON, ("Content-Length", str(len(body)))], body
+        # Not both whole numbers within the bound (so never the int case above), or an operation without one.
+        parsed = parse_common(common)
+        op, first, second = parsed if parsed is not None else parse_other(body)
     try:
         result = OPERATIONS[op](first, second)
     except DivisionByZeroError:
@@ -165,10 +176,10 @@ def _problem_page(environ: dict[str, Any], slug: str) -> Response:
     return _OK, [_TEXT, ("Content-Length", str(len(body)))], body
 
 
-# Per operation: its int form and the /calc response with the three numbers left to fill in
-# (formatting bytes directly costs less than an f-string and encode()).
-_INTEGER_CALC: dict[str, tuple[Callable[[int, int], int], bytes]] = {
-    op: (operation, f'{{"op":"{op}","arg1":%d,"arg2":%d,"result":%d}}'.encode())
+# Per operation (its name as COMMON_BODY captures it): its int form and the /calc response with the three
+# numbers left to fill in (formatting bytes directly costs less than an f-string and encode()).
+_INTEGER_CALC: dict[bytes, tuple[Callable[[int, int], int], bytes]] = {
+    op.encode(): (operation, f'{{"op":"{op}","arg1":%d,"arg2":%d,"result":%d}}'.encode())
     for op, operation in INTEGER_OPERATIONS.items()
 }
 

@@ -40,8 +40,8 @@ _ALLOWED_OPS = list(arithmetic.OPERATIONS)
 _WS = rb"[ \t\n\r]*+"
 _PLAIN_NUMBER = rb"-?(?:0|[1-9][0-9]*+)(?:\.[0-9]++)?"
 _OP_NAMES = {name.encode(): name for name in arithmetic.OPERATIONS}
-_DOT = ord(".")  # bytes membership of an int is a plain scan; of b"." it first fails (and clears) an int conversion
-_COMMON_BODY = re.compile(
+DOT = ord(".")  # bytes membership of an int is a plain scan; of b"." it first fails (and clears) an int conversion
+COMMON_BODY = re.compile(
     rb'%(ws)s\{%(ws)s"op":%(ws)s"(%(ops)s)",%(ws)s"arg1":%(ws)s(%(number)s),%(ws)s"arg2":%(ws)s(%(number)s)%(ws)s\}%(ws)s'
     % {b"ws": _WS, b"number": _PLAIN_NUMBER, b"ops": b"|".join(map(re.escape, _OP_NAMES))})
 
@@ -96,13 +96,27 @@ def parse_calc_request(body: bytes) -> tuple[str, Decimal | int, Decimal | int]:
     An operand is an int when the body wrote it as a whole number (the fast path below), otherwise a
     Decimal; either way it has the same value and the same ``to_plain`` text.
     """
-    common = _COMMON_BODY.fullmatch(body)
-    if common is not None:  # an ASCII body, so also valid UTF-8
-        op, first, second = common.groups()
-        # Plain notation in at most 100 characters is within the size bound (see bounded_decimal).
-        if len(first) <= arithmetic.MAX_SIGNIFICANT_DIGITS and len(second) <= arithmetic.MAX_SIGNIFICANT_DIGITS:
-            return (_OP_NAMES[op], int(first) if _DOT not in first else Decimal(first.decode()),
-                    int(second) if _DOT not in second else Decimal(second.decode()))
+    common = COMMON_BODY.fullmatch(body)
+    if common is not None:
+        parsed = parse_common(common)
+        if parsed is not None:
+            return parsed
+    return parse_other(body)
+
+
+def parse_common(common: re.Match[bytes]) -> tuple[str, Decimal | int, Decimal | int] | None:
+    """The request a match of ``COMMON_BODY`` holds, or None if an operand needs the full checks."""
+    # An ASCII body, so also valid UTF-8.
+    op, first, second = common.groups()
+    # Plain notation in at most 100 characters is within the size bound (see bounded_decimal).
+    if len(first) <= arithmetic.MAX_SIGNIFICANT_DIGITS and len(second) <= arithmetic.MAX_SIGNIFICANT_DIGITS:
+        return (_OP_NAMES[op], int(first) if DOT not in first else Decimal(first.decode()),
+                int(second) if DOT not in second else Decimal(second.decode()))
+    return None
+
+
+def parse_other(body: bytes) -> tuple[str, Decimal, Decimal]:
+    """The full path for a body ``COMMON_BODY`` does not match (or whose operands are too long for it)."""
     if not body:
         raise Problem("empty-body", f"The body is empty; send a JSON object such as {EXAMPLE}.")
     try:

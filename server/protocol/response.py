@@ -13,6 +13,7 @@ the full computation would give, are bounded, and start over when full.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +28,10 @@ _STATUS = re.compile(r"([1-5][0-9][0-9]) [^\x00-\x08\x0a-\x1f\x7f]*")
 _CACHE_LIMIT = 1024  # entries per cache; a full cache is emptied and fills again with what is in use
 
 _fields_cache: dict[tuple[object, ...], Fields] = {}  # (status, *headers) -> what check_fields found
-_plan_cache: dict[tuple[object, ...], ResponsePlan] = {}  # (fields key, framing inputs) -> finished plan
+_plan_cache: dict[tuple[object, ...], ResponsePlan] = {}  # (fields serial, framing inputs) -> finished plan
+# Each remembered result of check_fields gets a number of its own, which stands for its headers in the plan
+# cache's key: hashing a small int costs far less than hashing the status and every header pair again.
+_serials = itertools.count()
 
 
 @dataclass(slots=True, frozen=True)  # shared between responses through the cache: never changed
@@ -39,10 +43,10 @@ class ResponsePlan:
     content_length: int | None  # declared length, so the sender can enforce it
 
 
-# What check_fields learned: its cache key (None when the headers cannot be a key), status code,
+# What check_fields learned: its serial (None when the headers cannot be a cache key), status code,
 # rendered lines (status line first), the declared Content-Length, whether the application asked to
 # close, and whether it set Date and Server.
-Fields = tuple["tuple[object, ...] | None", int, list[str], "int | None", bool, bool, bool]
+Fields = tuple["int | None", int, list[str], "int | None", bool, bool, bool]
 
 
 def check_fields(status: str, headers: list[tuple[str, str]]) -> Fields:
@@ -59,13 +63,13 @@ def check_fields(status: str, headers: list[tuple[str, str]]) -> Fields:
     except TypeError:  # something unhashable in there: not a (str, str) tuple, which the checks will say
         fields = key = None
     if fields is None:
-        fields = _check_fields(key, status, headers)
+        fields = _check_fields(None if key is None else next(_serials), status, headers)
         if key is not None:
             _remember(_fields_cache, key, fields)
     return fields
 
 
-def _check_fields(key: tuple[object, ...] | None, status: str, headers: list[tuple[str, str]]) -> Fields:
+def _check_fields(serial: int | None, status: str, headers: list[tuple[str, str]]) -> Fields:
     code, line = _check_status(status)
     lines = [line]
     content_length: int | None = None
@@ -90,7 +94,7 @@ def _check_fields(key: tuple[object, ...] | None, status: str, headers: list[tup
             lines.append(f"{name}: {value}\r\n")
         else:
             raise ValueError(f"hop-by-hop header {name!r} must not be set by a WSGI application")
-    return key, code, lines, content_length, close, have_date, have_server
+    return serial, code, lines, content_length, close, have_date, have_server
 
 
 def frame(fields: Fields, http11: bool, head_only: bool, keep_alive: bool, length_hint: int | None,
@@ -100,9 +104,10 @@ def frame(fields: Fields, http11: bool, head_only: bool, keep_alive: bool, lengt
     ``length_hint`` is the body size when the server already knows it (the
     application returned a list), so no chunking is needed.
     """
-    key = fields[0]
-    if key is not None:
-        key = (key, http11, head_only, keep_alive, length_hint, date, server)
+    serial = fields[0]
+    key: tuple[object, ...] | None = None
+    if serial is not None:
+        key = (serial, http11, head_only, keep_alive, length_hint, date, server)
         plan = _plan_cache.get(key)
         if plan is not None:
             return plan

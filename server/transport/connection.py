@@ -31,7 +31,7 @@ class Connection:
     is_tls = False  # a class attribute, overridden by tls.TLSConnection: plain sockets may use os.sendfile
     sendfile_ok = True  # the kernel may copy a file to this socket itself (send_file); False under TLS
 
-    def __init__(self, sock: socket.socket, peer: tuple[str, int], parser: RequestParser, now: float,
+    def __init__(self, sock: socket.socket, peer: tuple[str, str], parser: RequestParser, now: float,
                  send_timeout: float) -> None:
         self.sock = sock
         self.fd = sock.fileno()

@@ -71,7 +71,7 @@ def take_header(raw: socket.socket, conn: Connection, trusts: Callable[[str], bo
             raise ConnectionAbortedError("peer closed inside the PROXY header")
         taken += len(chunk)
     if header.source is not None:
-        conn.peer = (header.source[0], header.source[1], *peer[2:])
+        conn.peer = (header.source[0], str(header.source[1]), *peer[2:])
 
 
 def _refuse(raw: socket.socket, conn: Connection, reason: str, plain: bool) -> None:

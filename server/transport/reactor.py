@@ -499,7 +499,7 @@ class Reactor:
             if tcp:
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                peer = peer[:2]
+                peer = (peer[0], str(peer[1]))  # the port as REMOTE_PORT writes it, once per connection
             else:
                 peer = UNIX_PEER
             conn = make(sock, peer, RequestParser(self.limits), now, self.settings.send_timeout)

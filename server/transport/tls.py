@@ -437,7 +437,7 @@ def connection_factory(contexts: TLSContexts | None, proxy_trusts: Callable[[str
                        ) -> Callable[..., Connection] | None:
     """What the reactor builds accepted sockets into, or None for the plain default (no wrapper at all)."""
     if contexts is not None:
-        def tls_connection(sock: socket.socket, peer: tuple[str, int], parser: RequestParser, now: float,
+        def tls_connection(sock: socket.socket, peer: tuple[str, str], parser: RequestParser, now: float,
                            send_timeout: float) -> Connection:
             conn = TLSConnection(sock, peer, parser, now, send_timeout)
             conn.sock = TLSStream(sock, contexts.context, conn, proxy_trusts)  # type: ignore[assignment]
@@ -447,7 +447,7 @@ def connection_factory(contexts: TLSContexts | None, proxy_trusts: Callable[[str
     if proxy_trusts is not None:
         from .proxy_protocol import ProxyPreamble
 
-        def proxied_connection(sock: socket.socket, peer: tuple[str, int], parser: RequestParser, now: float,
+        def proxied_connection(sock: socket.socket, peer: tuple[str, str], parser: RequestParser, now: float,
                                send_timeout: float) -> Connection:
             conn = Connection(sock, peer, parser, now, send_timeout)
             conn.sock = ProxyPreamble(sock, conn, proxy_trusts)  # type: ignore[assignment]

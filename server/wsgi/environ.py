@@ -35,8 +35,14 @@ class EnvironBuilder:
             "REQUEST_METHOD": "", "PATH_INFO": "", "QUERY_STRING": "", "SERVER_PROTOCOL": "", "REQUEST_URI": "",
             "RAW_URI": "", "wsgi.input": None, "wsgi.url_scheme": "http", "REMOTE_ADDR": "", "REMOTE_PORT": "",
         }
+        # Every request adds HTTP_HOST at least, and a dict holding these 21 keys is full: the first
+        # key added would make each request's copy grow its table. One key more and removed leaves the
+        # base in the next size up with one unused entry, which dict.copy() still clones as it is.
+        self.base["_room"] = None
+        del self.base["_room"]
 
     def build(self, request: Request, peer: tuple[Any, ...]) -> dict[str, Any]:
+        """The environ of one request from ``peer``: (address, port as text[, TLS keys]), as the transport keeps it."""
         path = request.path
         if "%" in path:
             path = unquote_to_bytes(path).decode("latin-1")
@@ -51,10 +57,10 @@ class EnvironBuilder:
         env["QUERY_STRING"] = request.query
         env["SERVER_PROTOCOL"] = request.version
         env["REQUEST_URI"] = env["RAW_URI"] = target
-        env["wsgi.input"] = io.BytesIO(body)
+        env["wsgi.input"] = io.BytesIO(body) if body else EMPTY_INPUT
         env["wsgi.url_scheme"] = request.scheme or "http"
         env["REMOTE_ADDR"] = peer[0]
-        env["REMOTE_PORT"] = str(peer[1])
+        env["REMOTE_PORT"] = peer[1]
         if len(peer) > 2:  # a TLS connection: https and what its handshake established (server/transport/tls.py)
             env.update(peer[2])
         if body or request.chunked or request.method in _BODY_METHODS:
@@ -92,6 +98,52 @@ class EnvironBuilder:
                 env["wsgi.url_scheme"] = proto
 
 
+class EmptyInput(io.RawIOBase):
+    """``wsgi.input`` of a request without a body: reads end at once, and there is nothing to change.
+
+    One shared object instead of a new BytesIO per request (most requests have no body). It
+    keeps no position, so one application cannot disturb another's: seek and tell answer 0, and
+    it never closes (close() is a no-op, so ``closed`` stays False).
+    """
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        return 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        return b""
+
+    def readall(self) -> bytes:
+        return b""
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return b""
+
+    def readlines(self, hint: int | None = -1) -> list[bytes]:
+        return []
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return 0
+
+    def tell(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+    def __iter__(self) -> EmptyInput:
+        return self
+
+    def __next__(self) -> bytes:
+        raise StopIteration
+
+
+EMPTY_INPUT = EmptyInput()
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # Header name (lower case) -> environ key, or "" for names the environ leaves out. Filled as
 # names are seen, up to a bound, so the usual names cost one lookup instead of three string operations.

@@ -12,6 +12,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable
+from time import time as _clock
 from typing import Any, Protocol
 
 from ..accesslog import AccessLog
@@ -60,17 +61,20 @@ _JOIN_LIMIT = 32768
 class DateCache:
     """The Date header changes once a second; formatting it per request would be waste."""
 
-    __slots__ = ("_second", "_value")
+    __slots__ = ("_end", "_start", "_value")
 
     def __init__(self) -> None:
-        self._second = -1
+        self._start = self._end = 0.0
         self._value = ""
 
     def now(self) -> str:
-        second = int(time.time())
-        if second != self._second:
+        # Two float comparisons against the current second's bounds cost less than int() per request;
+        # a clock set back falls below _start and is followed at once, as is one set forward.
+        now = _clock()
+        if not self._start <= now < self._end:
+            second = int(now)
             self._value = http_date(second)
-            self._second = second
+            self._start, self._end = float(second), float(second + 1)
         return self._value
 
 
@@ -81,14 +85,13 @@ class ResponseAborted(Exception):
 class _Exchange:
     """The state of one request/response pair as the application drives it."""
 
-    __slots__ = ("_send", "bytes_sent", "fields", "hint", "keep_alive", "plan", "request", "runner", "sink",
+    __slots__ = ("bytes_sent", "fields", "hint", "keep_alive", "plan", "request", "runner", "sink",
                  "status", "wrote")
 
     def __init__(self, runner: WSGIRunner, request: Request, sink: Sink, keep_alive: bool) -> None:
         self.runner = runner
         self.request = request
         self.sink = sink
-        self._send = sink.send_all
         self.wrote = 0  # bytes handed to the sink, head and framing included
         self.keep_alive = keep_alive
         self.status: str | None = None
@@ -99,7 +102,7 @@ class _Exchange:
 
     def send(self, data: bytes) -> None:
         self.wrote += len(data)
-        self._send(data)
+        self.sink.send_all(data)
 
     def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable:
         if exc_info is not None:
@@ -176,7 +179,7 @@ class WSGIRunner:
         # Set at shutdown: from then on each connection's last answer carries Connection: close.
         self.closing = False
 
-    def run(self, request: Request, peer: tuple[str, int], sink: Sink, keep_alive: bool) -> bool:
+    def run(self, request: Request, peer: tuple[str, str], sink: Sink, keep_alive: bool) -> bool:
         """Answer one request; True when the connection may carry another.
 
         Raises OSError when sending fails (the client went away).
