@@ -57,7 +57,7 @@ from ..protocol import Phase, ProtocolError, RequestParser
 from ..protocol.writer import CONTINUE, error_response
 from ..wsgi import WSGIRunner
 from .connection import Connection
-from .listener import UNIX_PEER, Listener
+from .listener import UNIX_PEER, Listener, refuse
 from .poller import Poller
 
 STALL = 0.002  # seconds inside one request before another thread takes over the poller
@@ -492,7 +492,7 @@ class Reactor:
                 return
             sock.setblocking(False)
             if len(self.conns) >= self.settings.max_connections:
-                self._refuse(sock)
+                refuse(sock, self._overload)
                 if stats is not None:
                     stats.refused(len(self._overload))
                 continue
@@ -527,16 +527,6 @@ class Reactor:
             self.listeners = {}
             for listener in listeners.values():
                 listener.close()
-
-    def _refuse(self, sock: socket.socket) -> None:
-        """Over the connection limit: a fast 503 instead of unbounded memory and descriptors."""
-        with contextlib.suppress(OSError):
-            sock.recv(_RECV_SIZE)  # unread input would turn our close into a reset
-        with contextlib.suppress(OSError):
-            sock.send(self._overload)
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_WR)
-        sock.close()
 
     def _on_readable(self, conn: Connection, me: _Worker) -> bool:
         """Read once and serve what is complete; True when the connection was set aside again.
@@ -645,7 +635,8 @@ class Reactor:
             if parser.take_continue() and not conn.send_nowait(CONTINUE):
                 self._close(conn)
                 return False
-        self._rearm(conn)
+        if self._rearm_needed:  # not with epoll: no call at all on the hot path
+            self._rearm(conn)
         return False
 
     def _reject(self, conn: Connection, error: ProtocolError, now: float, me: _Worker | None = None) -> None:
