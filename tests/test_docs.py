@@ -118,11 +118,16 @@ def test_readme_is_a_short_front_page_whose_links_resolve(site: Path):
             assert f'id="{anchor}"' in built.read_text(), link
 
 
-def test_benchmark_summary_is_the_latest_run():
-    """The summary table on the Benchmarks page quotes results/latest.md; a new run without a new summary fails."""
-    page = (ROOT / "docs" / "benchmarks.md").read_text()
+@pytest.mark.parametrize(("page", "heading"),
+                         [("docs/benchmarks.md", "## Latest results"), ("README.md", "## How fast")])
+def test_benchmark_summary_is_the_latest_run(page: str, heading: str):
+    """The summary tables of the Benchmarks page and the README quote results/latest.md; a new run without
+    new summaries fails."""
+    text = (ROOT / page).read_text()
     latest = (ROOT / "results" / "latest.md").read_text()
-    summary = page[page.index("## Latest results"):page.index("\n## ", page.index("## Latest results") + 1)]
+    start = text.index(heading)
+    end = text.find("\n## ", start + 1)
+    summary = text[start:end if end >= 0 else None]
     commit = re.search(r"server code of commit ([0-9a-f]{7,})", summary)
     assert commit and f"commit {commit[1]}" in latest, "the summary names another commit than results/latest.md"
     rows = [line for line in summary.splitlines() if line.startswith("|")]
@@ -130,6 +135,8 @@ def test_benchmark_summary_is_the_latest_run():
     assert figures
     for figure in figures:
         assert f"| {figure} |" in latest, figure
+    for ratio in re.findall(r"\| (\d+\.\d\dx) \|", "\n".join(rows)):
+        assert f"| {ratio} |" in latest, ratio
 
 
 def transcripts() -> list[tuple[str, str, list[str]]]:
