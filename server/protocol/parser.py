@@ -13,28 +13,25 @@ import enum
 import re
 from operator import ne
 
-from .errors import ProtocolError
+from .errors import TCHAR, TOKEN, ProtocolError, field_error, request_line_error
 from .events import Request
 from .limits import Limits
 
-_TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
 # Over the decoded head; includes the line's CRLF so the match ends where the headers start.
 # The target is visible ASCII only (RFC 9112 3.2, RFC 3986 2): other octets must be percent-encoded.
-_REQUEST_LINE_TEXT = re.compile(r"(" + _TCHAR.decode() + r"+) ([!-~]+) HTTP/([0-9])\.([0-9])\r\n")
-_ANY_VERSION = re.compile(rb"\S+ \S+ HTTP/[0-9]+\.[0-9]+")
+_REQUEST_LINE_TEXT = re.compile(r"(" + TCHAR.decode() + r"+) ([!-~]+) HTTP/([0-9])\.([0-9])\r\n")
 # A field value may hold HTAB, SP, visible ASCII and obs-text; never other controls.
-_FIELD = re.compile(rb"(" + _TCHAR + rb"+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*)")
+_FIELD = re.compile(rb"(" + TCHAR + rb"+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*)")
 # All header lines at once: one C-level pass instead of a regex call per line. A match starts
 # only at the block's start or right after a CRLF and ends with a CRLF, so a line that is not a
 # valid field in full (a bare CR or LF included) shows up as one match fewer than CRLFs.
 # The value is taken greedily, trailing whitespace included (a lazy pattern costs twice as much),
 # and trimmed afterwards only when the block has any.
-_FIELDS = re.compile(r"(?:\A|(?<=\r\n))(" + _TCHAR.decode() + r"+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*)\r\n")
-_TOKEN = re.compile(_TCHAR + rb"+")
+_FIELDS = re.compile(r"(?:\A|(?<=\r\n))(" + TCHAR.decode() + r"+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*)\r\n")
 _CHUNK_LINE = re.compile(
     rb"([0-9A-Fa-f]{1,16})"
-    rb"(?:[ \t]*;[ \t]*" + _TCHAR + rb"+"
-    rb"(?:[ \t]*=[ \t]*(?:" + _TCHAR + rb"+|\"(?:[^\"\\\x00-\x08\x0a-\x1f\x7f]|\\[\t -~\x80-\xff])*\"))?)*"
+    rb"(?:[ \t]*;[ \t]*" + TCHAR + rb"+"
+    rb"(?:[ \t]*=[ \t]*(?:" + TCHAR + rb"+|\"(?:[^\"\\\x00-\x08\x0a-\x1f\x7f]|\\[\t -~\x80-\xff])*\"))?)*"
 )
 _HOST_TEXT = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:\[\]%]*")
 _ABSOLUTE_TEXT = re.compile(r"([A-Za-z][A-Za-z0-9+\-.]*)://([^/?#]*)([^?#]*)(?:\?([^#]*))?")
@@ -363,7 +360,7 @@ class RequestParser:
             if len(raw) > max_field:
                 raise ProtocolError(431, f"a header field is longer than {max_field} bytes")
             if _FIELD.fullmatch(raw) is None:
-                raise _field_error(raw)
+                raise field_error(raw)
 
     def _interpret(self, text: str) -> Request:
         """A decoded head, ending in its empty line, into a Request; the one place framing is decided."""
@@ -373,7 +370,7 @@ class RequestParser:
             line_end = text.find("\r\n")
             if line_end > limits.max_request_line:
                 raise ProtocolError(414, f"request line is longer than {limits.max_request_line} bytes")
-            raise _request_line_error(text[:line_end].encode("latin-1"))
+            raise request_line_error(text[:line_end].encode("latin-1"))
         method, target, major, minor = match.groups()
         if major != "1":
             raise ProtocolError(505, f"HTTP/{major}.{minor} is not supported; use HTTP/1.1")
@@ -512,7 +509,7 @@ class RequestParser:
                 if self._trailer_count > limits.max_header_count or self._trailer_bytes > limits.max_headers_total:
                     raise ProtocolError(431, "too many or too large trailer fields")
                 if _FIELD.fullmatch(line) is None:
-                    raise _field_error(line, kind="trailer")
+                    raise field_error(line, kind="trailer")
 
     def _take_line(self, limit: int, status: int, what: str) -> bytes | None:
         """One CRLF-ended line off the buffer (without its CRLF), or None until it has all arrived."""
@@ -534,7 +531,7 @@ class RequestParser:
 # Field names already found to be tokens, with their lower-case form: most clients send the same few.
 _field_names: dict[str, str] = {}
 _FIELD_NAMES_LIMIT = 512
-_TOKEN_TEXT = re.compile(_TCHAR.decode() + "+")
+_TOKEN_TEXT = re.compile(TCHAR.decode() + "+")
 
 # Host values already found valid; most servers see the same few, and a lookup is cheaper than the pattern.
 _good_hosts: set[str] = set()
@@ -554,7 +551,7 @@ def _check_codings(codings: list[str]) -> None:
         raise ProtocolError(400, "empty Transfer-Encoding header")
     for coding in codings:
         name = coding.split(";", 1)[0].strip()
-        if not _TOKEN.fullmatch(name.encode("latin-1")):
+        if not TOKEN.fullmatch(name.encode("latin-1")):
             raise ProtocolError(400, f"invalid transfer coding {coding!r}")
     if any(c.split(";", 1)[0].strip() == "chunked" and c != "chunked" for c in codings):
         raise ProtocolError(400, "the chunked transfer coding takes no parameters")
@@ -567,37 +564,3 @@ def _check_codings(codings: list[str]) -> None:
         raise ProtocolError(400, "chunked must not be applied more than once")
     for coding in codings[:-1]:
         raise ProtocolError(501, f"transfer coding {coding.split(';', 1)[0].strip()!r} is not implemented")
-
-
-def _request_line_error(line: bytes) -> ProtocolError:
-    """Name the exact problem with a request line, so clients can fix it."""
-    if _ANY_VERSION.fullmatch(line):
-        version = line.rsplit(b" ", 1)[1].decode("ascii", "replace")
-        if not version.startswith("HTTP/1."):
-            return ProtocolError(505, f"{version} is not supported; use HTTP/1.1")
-    parts = line.split(b" ")
-    if len(parts) != 3:
-        if b"\n" in line or b"\r" in line:
-            return ProtocolError(400, "lines must end with CRLF; a bare CR or LF was received")
-        return ProtocolError(400, "request line must be 'METHOD target HTTP/1.1' with single spaces")
-    method, target, version = parts
-    if not _TOKEN.fullmatch(method):
-        return ProtocolError(400, "invalid characters in the request method")
-    if not target or any(b <= 0x20 or b == 0x7F for b in target):
-        return ProtocolError(400, "invalid characters in the request target")
-    if not target.isascii():
-        return ProtocolError(400, "the request target must be ASCII; percent-encode other octets (RFC 3986)")
-    return ProtocolError(400, f"malformed HTTP version {version[:20].decode('latin-1')!r}")
-
-
-def _field_error(raw: bytes, kind: str = "header") -> ProtocolError:
-    if raw[:1] in (b" ", b"\t"):
-        return ProtocolError(400, f"obsolete line folding in a {kind} is not accepted")
-    name, colon, _ = raw.partition(b":")
-    if not colon:
-        return ProtocolError(400, f"{kind} line without a colon")
-    if name != name.rstrip(b" \t"):
-        return ProtocolError(400, f"whitespace between a {kind} name and its colon is not allowed")
-    if not _TOKEN.fullmatch(name):
-        return ProtocolError(400, f"invalid characters in a {kind} name")
-    return ProtocolError(400, f"invalid control characters in the value of {kind} {name[:40].decode('latin-1')!r}")
