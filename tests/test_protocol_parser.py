@@ -311,6 +311,50 @@ def test_a_block_like_the_last_one_is_checked_in_every_changed_line(changed):
             assert _outcome(shared, data) == _outcome(RequestParser(), data), (position, also_next)
 
 
+# What a proxy's varying lines may bring: the same name with values the field rule takes or refuses
+# (padding, a tab, obs-text, controls, a bare CR or LF), the name in other letter case, a framing field.
+_VARYING_LINES = [b"X-Request-ID: 7", b"X-Request-ID:  padded \t", b"X-Request-ID:\tx", b"X-Request-ID: caf\xe9",
+                  b"X-Request-ID:", b"X-Request-ID: a\x01b", b"X-Request-ID: a\x7fb", b"X-Request-ID: a\rb",
+                  b"X-Request-ID: a\nb", b"x-request-id: 7", b"X-Request-Id : 7", b"X-Forwarded-For: a\x00b",
+                  b"X-Forwarded-For: " + b"1" * 8190, b"Content-Length: 3", b"Transfer-Encoding: chunked", b"Host: b",
+                  b"Host: a b", b"Connection: close", b"Expect: 100-continue", b"X-Other: 1"]
+
+
+@pytest.mark.parametrize("changed", _VARYING_LINES, ids=lambda line: repr(line[:24]))
+def test_a_block_of_a_known_shape_is_checked_in_its_varying_lines(changed):
+    """Once two blocks running changed the same lines (a proxy's request id and client address), the
+    block's shape reads the next in one pass. Whatever then comes in any line, the request comes out (or
+    fails) as a fresh parser makes it, and the requests after it too."""
+    def block(number: int, position: int | None = None) -> bytes:
+        lines = list(_BASE_LINES)
+        lines[1] = b"X-Request-ID: %d" % number
+        lines[3] = b"X-Forwarded-For: 10.0.0.%d" % number
+        if position is not None:
+            lines[position] = changed
+        return b"".join(line + b"\r\n" for line in lines)
+
+    for position in range(len(_BASE_LINES)):
+        shared = RequestParser()
+        for number in range(3):
+            assert hasattr(_outcome(shared, _message(b"GET / HTTP/1.1", block(number))), "method")
+        assert shared._shape is not None  # the shape is what reads the next block
+        data = _message(b"GET / HTTP/1.1", block(9, position))
+        expected = _outcome(RequestParser(), data)
+        assert _outcome(shared, data) == expected, position
+        if hasattr(expected, "method"):
+            data = _message(b"GET / HTTP/1.1", block(10))
+            assert _outcome(shared, data) == _outcome(RequestParser(), data), position
+
+
+def test_a_shaped_block_gives_the_new_values():
+    parser = RequestParser()
+    for number in range(5):
+        parser.feed(b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-ID: %d \r\nAccept: */*\r\n\r\n" % number)
+        request = parser.next_request()
+        assert request is not None
+        assert request.headers == [("host", "a"), ("x-request-id", str(number)), ("accept", "*/*")]
+
+
 def test_a_changed_header_block_is_read_afresh():
     parser = RequestParser()
     for length, body in ((3, b"abc"), (3, b"xyz"), (5, b"hello"), (3, b"abc")):

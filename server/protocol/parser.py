@@ -13,6 +13,7 @@ import enum
 import re
 from operator import ne
 
+from .block_shape import SHAPES_PER_CONNECTION, BlockShape, build_shape
 from .errors import TCHAR, TOKEN, ProtocolError, field_error, request_line_error
 from .events import Request
 from .limits import Limits
@@ -116,9 +117,9 @@ _LENGTH_BODY = _State.LENGTH_BODY
 class RequestParser:
     """Turns a byte stream into ``Request`` objects, one complete request at a time."""
 
-    __slots__ = ("_body", "_buf", "_continue_due", "_empty_lines", "_known_lines", "_last_block", "_last_fields",
-                 "_last_lines", "_limits", "_pending", "_remaining", "_scan_from", "_state", "_trailer_bytes",
-                 "_trailer_count")
+    __slots__ = ("_body", "_buf", "_changed", "_continue_due", "_empty_lines", "_known_lines", "_last_block",
+                 "_last_fields", "_last_lines", "_limits", "_pending", "_remaining", "_scan_from", "_shape",
+                 "_shapes_left", "_state", "_trailer_bytes", "_trailer_count")
 
     def __init__(self, limits: Limits | None = None) -> None:
         self._limits = limits or Limits()
@@ -140,6 +141,11 @@ class RequestParser:
         # Header lines this connection sent before, with their (name, value): when the block changes
         # (a new request id), its other lines usually have not. Bounded: at most _KNOWN_LINES short lines.
         self._known_lines: dict[str, tuple[str, str]] = {}
+        # A proxy changes the same lines (its request id) every time: once two blocks running changed
+        # the same ones, the block's shape reads the next in one pass (block_shape.py).
+        self._changed: tuple[int, ...] = ()  # the lines the last compared block changed
+        self._shape: BlockShape | None = None
+        self._shapes_left = SHAPES_PER_CONNECTION
 
     # -- input -----------------------------------------------------------------------------------------
 
@@ -281,9 +287,11 @@ class RequestParser:
         names = _field_names
         framing = False
         i = -1
+        at = []
         while count:
             count -= 1
             i = changed.index(True, i + 1)
+            at.append(i)
             line = lines[i]
             if len(line) > max_field or not line.isprintable():
                 return None
@@ -301,7 +309,13 @@ class RequestParser:
             headers[i] = (lower, value.strip(" \t"))
         if framing:
             return _field_facts(headers)
-        return (headers, *last[1:])  # type: ignore[return-value]
+        tail = last[1:]
+        shape = tuple(at)
+        if shape == self._changed and self._shapes_left:
+            self._shapes_left -= 1
+            self._shape = build_shape(lines, shape, headers, tail)
+        self._changed = shape
+        return (headers, *tail)  # type: ignore[return-value]
 
     def _fields(self, block: str) -> list[tuple[str, str]]:
         """Header lines (each ending in CRLF) as (lower-case name, trimmed value) pairs."""
@@ -380,6 +394,14 @@ class RequestParser:
             facts = self._last_fields
         elif not block:
             facts = _NO_FIELDS
+        elif (shape := self._shape) is not None and len(block) <= limits.max_header_size and (
+                found := shape.pattern.fullmatch(block)) is not None:
+            # The lines that vary, in one pass; the memo of the last block stays as it was (a pair
+            # that agree), since this block's lines are never split out.
+            headers = shape.fields.copy()
+            for (index, name), value in zip(shape.slots, found.groups(), strict=True):
+                headers[index] = (name, value.rstrip(" \t"))
+            facts = (headers, *shape.facts_tail)  # type: ignore[assignment]
         else:
             lines = block.split("\r\n")
             lines.pop()  # the block ends with CRLF: nothing after the last one

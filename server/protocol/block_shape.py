@@ -1,0 +1,78 @@
+"""A connection's header block whose values change in the same places each time, read in one pass.
+
+Why
+---
+A proxy writes the same fields in the same order on every request it forwards and changes only a
+few values: its request id, the client's address. The parser's exact memo of the last block never
+hits then, and comparing the block with the last one line by line still costs, per request, a
+split into lines, one comparison per line and, for each changed line, the field checks in Python.
+
+Once a connection has changed the same lines in two requests running, its block gets a *shape*: a
+pattern in which the lines that stayed are literal text and each changed line is its literal name,
+the colon and a group for the value. One ``fullmatch`` then checks the whole block in C and hands
+over the new values; the fields that stayed, and what they mean for framing, are taken as they were.
+
+What it must keep
+-----------------
+A block that matches must give exactly what the full reading would. The literal lines were checked
+when they first came. A value group takes what the field rule takes (any octet but a control
+character other than HTAB, so obs-text too; no CR or LF), and the value loses its surrounding
+spaces and tabs, as the full reading trims it. Names are literal, so a name in other letter case,
+a new field, a missing one or a value with a bare CR does not match, and the block is read the
+usual way, which names any problem. Framing fields (Host, Content-Length, Transfer-Encoding,
+Connection, Expect) are never value groups: a block in which one of them changes is read in full.
+
+The trade-off: building a shape costs a ``re.compile``, so shapes are shared by all connections
+through a small cache keyed by their pattern text (every connection of one proxy has the same),
+and a connection builds at most ``SHAPES_PER_CONNECTION`` of them, so a client whose changes
+wander cannot make the parser compile on every request. What would break: making a framing field
+a value group (the facts taken as they were would be stale), or a value group wider than the
+field rule (a control character would get through unchecked).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+SHAPES_PER_CONNECTION = 4
+# A value as the field rule allows it: leading spaces and tabs outside the group, trailing ones
+# inside it (trimmed afterwards; a pattern that excludes them costs more on every match).
+_VALUE = r":[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*)\r\n"
+_PATTERNS: dict[str, re.Pattern[str]] = {}
+_PATTERNS_LIMIT = 64
+
+
+class BlockShape:
+    """The compiled pattern of one shape, the fields that stay, and where the changing values go."""
+
+    __slots__ = ("facts_tail", "fields", "pattern", "slots")
+
+    def __init__(self, pattern: re.Pattern[str], fields: list[tuple[str, str]], slots: tuple[tuple[int, str], ...],
+                 facts_tail: tuple[Any, ...]) -> None:
+        self.pattern = pattern
+        self.fields = fields  # the block's (name, value) pairs; the slots' entries are replaced per request
+        self.slots = slots  # (index in fields, lower-case name) of each value group, in order
+        self.facts_tail = facts_tail  # what the fields say for framing: the same whatever the values
+
+
+def build_shape(lines: list[str], changed: tuple[int, ...], fields: list[tuple[str, str]],
+                facts_tail: tuple[Any, ...]) -> BlockShape:
+    """The shape of a block (its ``lines``, already checked, and ``fields``) whose ``changed`` lines vary.
+
+    The caller makes sure no changed line is a framing field.
+    """
+    parts = []
+    for index, line in enumerate(lines):
+        if index in changed:
+            parts.append(re.escape(line.partition(":")[0]) + _VALUE)
+        else:
+            parts.append(re.escape(line) + r"\r\n")
+    source = "".join(parts)
+    pattern = _PATTERNS.get(source)
+    if pattern is None:
+        if len(_PATTERNS) >= _PATTERNS_LIMIT:
+            _PATTERNS.clear()  # the shapes still in use come back at once
+        pattern = _PATTERNS[source] = re.compile(source)
+    slots = tuple((index, fields[index][0]) for index in changed)
+    return BlockShape(pattern, fields.copy(), slots, facts_tail)
