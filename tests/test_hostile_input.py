@@ -315,3 +315,54 @@ def test_hostile_calculator_input_is_a_cheap_clear_4xx(calc_server, data, expect
         assert health.request(b"GET /healthz HTTP/1.1\r\n" + HOST + b"\r\n", timeout=2.0)[0] == 200
     finally:
         health.close()
+
+
+def _pad_line(run: bytes, end: bytes) -> bytes:
+    """A header line of nearly the field limit (the whole block stays under it, so every pattern over
+    the block sees it): a long run of whitespace or text, then a bad octet."""
+    return b"X-Pad-0: " + run * (8100 // len(run)) + end + b"\r\n"
+
+
+# Heads whose bad octet comes after a long run a backtracking pattern could split many ways: each
+# must be refused with the exact problem and cost next to nothing.
+HOSTILE_HEADS = [
+    ("spaces-then-control", b"GET / HTTP/1.1\r\n" + HOST + _pad_line(b" ", b"\x01") + b"\r\n",
+     "invalid control characters in the value of header 'X-Pad-0'"),
+    ("tabs-then-nul", b"GET / HTTP/1.1\r\n" + HOST + _pad_line(b"\t", b"\x00") + b"\r\n",
+     "invalid control characters in the value of header 'X-Pad-0'"),
+    ("words-then-del", b"GET / HTTP/1.1\r\n" + HOST + _pad_line(b"a ", b"\x7f") + b"\r\n",
+     "invalid control characters in the value of header 'X-Pad-0'"),
+    ("absolute-target-with-fragment", b"GET http://" + b"a" * 8100 + b"# HTTP/1.1\r\n" + HOST + b"\r\n",
+     "request target must be a path starting with '/' or an absolute http URL"),
+]
+
+
+@pytest.mark.parametrize(("data", "detail"), [pytest.param(d, t, id=n) for n, d, t in HOSTILE_HEADS])
+def test_hostile_head_is_a_cheap_clear_400(calc_server, data, detail):
+    pid = calc_server.proc.pid
+    cpu_before = _cpu_seconds(pid)
+    status, headers, body = _exchange_then_eof(calc_server, data)
+    cpu_used = _cpu_seconds(pid) - cpu_before
+    assert status == 400, body[:300]
+    assert _assert_problem(status, headers, body)["detail"] == detail
+    assert cpu_used < 0.3, f"the server spent {cpu_used:.2f} s of CPU on one request head"
+
+
+def test_hostile_value_in_a_proxy_varying_line_is_a_cheap_clear_400(calc_server):
+    """The same attack in the line a proxy changes on every request (read through the block's shape)."""
+    pid = calc_server.proc.pid
+    client = calc_server.connect()
+    try:
+        for number in range(4):
+            status, _, _ = client.request(b"GET /add/1/2 HTTP/1.1\r\n" + HOST + b"X-Request-ID: %d\r\n\r\n" % number)
+            assert status == 200
+        cpu_before = _cpu_seconds(pid)
+        status, headers, body = client.request(
+            b"GET /add/1/2 HTTP/1.1\r\n" + HOST + b"X-Request-ID: " + b" " * 8100 + b"\x01\r\n\r\n")
+        cpu_used = _cpu_seconds(pid) - cpu_before
+    finally:
+        client.close()
+    assert status == 400, body[:300]
+    assert _assert_problem(status, headers, body)["detail"] == (
+        "invalid control characters in the value of header 'X-Request-ID'")
+    assert cpu_used < 0.3, f"the server spent {cpu_used:.2f} s of CPU on one request head"
