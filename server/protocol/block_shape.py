@@ -35,11 +35,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from .grammar import VALUE_CHAR
+
 SHAPES_PER_CONNECTION = 4
 # A value as the field rule allows it: leading spaces and tabs outside the group, trailing ones
 # inside it (trimmed afterwards; a pattern that excludes them costs more on every match). Both runs
 # are possessive, as in the parser's field patterns: no backtracking over a long run of spaces.
-_VALUE = r":[ \t]*+([^\x00-\x08\x0a-\x1f\x7f]*+)\r\n"
+_VALUE = r":[ \t]*+(" + VALUE_CHAR + r"*+)\r\n"
 _PATTERNS: dict[str, re.Pattern[str]] = {}
 _PATTERNS_LIMIT = 64
 

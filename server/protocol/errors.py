@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import re
 
-TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"  # a token's characters (RFC 9110 5.6.2)
-TOKEN = re.compile(TCHAR + rb"+")
+from .grammar import TOKEN
+
 _ANY_VERSION = re.compile(rb"\S+ \S+ HTTP/[0-9]+\.[0-9]+")
 
 

@@ -14,25 +14,26 @@ import re
 from operator import ne
 
 from .block_shape import SHAPES_PER_CONNECTION, BlockShape, build_shape
-from .errors import TCHAR, TOKEN, ProtocolError, field_error, request_line_error
+from .errors import ProtocolError, field_error, request_line_error
 from .events import Request
+from .grammar import TCHAR, TOKEN, VALUE_CHAR
 from .limits import Limits
 
 # Over the decoded head; includes the line's CRLF so the match ends where the headers start.
 # The target is visible ASCII only (RFC 9112 3.2, RFC 3986 2): other octets must be percent-encoded.
 _REQUEST_LINE_TEXT = re.compile(r"(" + TCHAR.decode() + r"+) ([!-~]+) HTTP/([0-9])\.([0-9])\r\n")
-# A field value may hold HTAB, SP, visible ASCII and obs-text; never other controls.
+# A field value may hold HTAB, SP, visible ASCII and obs-text; never other controls (VALUE_CHAR).
 # Every run is possessive (*+): the whitespace run and the value can both take spaces, and with
 # backtracking a long run of them before a bad octet costs time quadratic in its length (0.8 s of
 # CPU for one 8 KiB line). A match never needs to give anything back, so possessive runs accept
 # exactly the same lines and fail at once.
-_FIELD = re.compile(rb"(" + TCHAR + rb"++):[ \t]*+([^\x00-\x08\x0a-\x1f\x7f]*+)")
+_FIELD = re.compile(rb"(" + TCHAR + rb"++):[ \t]*+(" + VALUE_CHAR.encode() + rb"*+)")
 # All header lines at once: one C-level pass instead of a regex call per line. A match starts
 # only at the block's start or right after a CRLF and ends with a CRLF, so a line that is not a
 # valid field in full (a bare CR or LF included) shows up as one match fewer than CRLFs.
 # The value is taken greedily, trailing whitespace included (a lazy pattern costs twice as much),
 # and trimmed afterwards only when the block has any.
-_FIELDS = re.compile(r"(?:\A|(?<=\r\n))(" + TCHAR.decode() + r"++):[ \t]*+([^\x00-\x08\x0a-\x1f\x7f]*+)\r\n")
+_FIELDS = re.compile(r"(?:\A|(?<=\r\n))(" + TCHAR.decode() + r"++):[ \t]*+(" + VALUE_CHAR + r"*+)\r\n")
 _CHUNK_LINE = re.compile(
     rb"([0-9A-Fa-f]{1,16})"
     rb"(?:[ \t]*;[ \t]*" + TCHAR + rb"+"
