@@ -405,10 +405,7 @@ class RequestParser:
                 found := shape.pattern.fullmatch(block)) is not None:
             # The lines that vary, in one pass; the memo of the last block stays as it was (a pair
             # that agree), since this block's lines are never split out.
-            headers = shape.fields.copy()
-            for (index, name), value in zip(shape.slots, found.groups(), strict=True):
-                headers[index] = (name, value.rstrip(" \t"))
-            facts = (headers, *shape.facts_tail)  # type: ignore[assignment]
+            facts = shape.facts(found)  # type: ignore[assignment]
         else:
             lines = block.split("\r\n")
             lines.pop()  # the block ends with CRLF: nothing after the last one
