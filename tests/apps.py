@@ -208,7 +208,7 @@ def _count_batches() -> None:
 
     def counted(self, me):
         _batches["flushes"] += 1
-        if sum(len(worker.held) for worker in self._workers) >= 2:
+        if sum(len(worker.held) for worker in self.workers) >= 2:
             _batches["shared"] += 1
         flush(self, me)
 

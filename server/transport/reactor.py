@@ -7,7 +7,8 @@ that means no thread hand-off at all, which in CPython costs more than parsing
 a request does.
 
 Slow calls must not hold everyone else up, so the main thread watches the
-leader. Once the leader has spent ``STALL`` seconds inside one request (a slow
+leader (``monitor.py``, which also enforces the timeouts and runs the
+shutdown). Once the leader has spent ``STALL`` seconds inside one request (a slow
 query, a client that will not read its response), the main thread promotes an
 idle worker, which takes over the poller; the old leader finishes its request,
 hands over any events it had not reached yet, and becomes a follower. At most
@@ -58,22 +59,19 @@ from ..protocol.writer import CONTINUE, error_response
 from ..wsgi import WSGIRunner
 from .connection import Connection
 from .listener import UNIX_PEER, Listener, refuse
+from .monitor import Monitor
 from .poller import Poller
 
-STALL = 0.002  # seconds inside one request before another thread takes over the poller
 HOLD_MAX = 64  # finished answers a leader holds before writing them
 HOLD_FOR = 0.001  # seconds the first held answer may wait for the rest of its batch
 _RECV_SIZE = 65536
-_SWEEP_EVERY = 0.25
-_SHUTDOWN_STEP_EVERY = 0.05
 _POLL_TIMEOUT = 0.25
-_QUIET_BEFORE_CLOSE = 1.0  # at shutdown, idle keep-alive connections are closed once this quiet
 _DRAIN_LIMIT = 1 << 20  # bytes a closing connection may still send us before we cut it off
 _HANGUP = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0x2000)
 _ACCEPT_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
-class _Worker:
+class WorkerSeat:
     """A thread's seat: the gate it waits at while a follower, when its current call began, what it holds."""
 
     __slots__ = ("busy_since", "gate", "held", "held_since", "stats", "thread")
@@ -110,22 +108,22 @@ class Reactor:
         self.stopping = False
         self.served = 0  # requests answered by this process (approximate: threads add without a lock)
         self.on_tick: Callable[[float], None] | None = None  # the main loop calls it each time round
-        self._done = False
-        self._stop_deadline = 0.0
-        self._lock = threading.Lock()  # guards leadership changes
+        self.done = False
+        self.stop_deadline = 0.0
+        self.leader_lock = threading.Lock()  # guards leadership changes
         # Metrics: a recorder per worker thread, the last for the main thread (timeouts), which publishes.
-        self._metrics = metrics
-        self._workers = [_Worker(metrics.threads[i] if metrics else None) for i in range(settings.threads)]
-        self._helds = tuple(worker.held for worker in self._workers)  # scanned in C by any(), once per poll
-        self._stats = metrics.threads[-1] if metrics else None
-        self._idle: list[_Worker] = []
-        self._leader: _Worker | None = None
-        self._accept_paused_until = 0.0
+        self.metrics = metrics
+        self.workers = [WorkerSeat(metrics.threads[i] if metrics else None) for i in range(settings.threads)]
+        self._helds = tuple(worker.held for worker in self.workers)  # scanned in C by any(), once per poll
+        self.main_stats = metrics.threads[-1] if metrics else None
+        self.idle_workers: list[WorkerSeat] = []
+        self.leader: WorkerSeat | None = None
+        self.accept_paused_until = 0.0
         self._wake_r, self._wake_w = os.pipe()  # wakes the leader out of the poller
-        self._main_r, self._main_w = os.pipe()  # wakes the main thread (signals)
-        for fd in (self._wake_r, self._wake_w, self._main_r, self._main_w):
+        self.main_r, self._main_w = os.pipe()  # wakes the main thread (signals)
+        for fd in (self._wake_r, self._wake_w, self.main_r, self._main_w):
             os.set_blocking(fd, False)
-        self._exclusive = exclusive_accept  # pre-fork: wake one process per connection, not all
+        self.exclusive = exclusive_accept  # pre-fork: wake one process per connection, not all
         for fd in self.listeners:
             self.poller.watch(fd, exclusive=exclusive_accept)
         self.poller.watch(self._wake_r)
@@ -139,199 +137,59 @@ class Reactor:
         self.runner.closing = True
         if not self.stopping:
             self.stopping = True
-            self._stop_deadline = monotonic() + self.settings.graceful_timeout
-        self._wake_main()
+            self.stop_deadline = monotonic() + self.settings.graceful_timeout
+        self.wake_main()
 
-    def _wake_main(self) -> None:
+    def wake_main(self) -> None:
         with contextlib.suppress(OSError):
             os.write(self._main_w, b"\0")
 
-    # -- main thread: monitor, timeouts, shutdown ------------------------------------------------------------
+    # -- threads: the workers serve, the main thread watches (monitor.py) ------------------------------------
 
     def start(self) -> None:
         """Start the worker threads; the first one leads. Before the ready line, so it is printed by a whole server."""
-        for index, worker in enumerate(self._workers):
+        for index, worker in enumerate(self.workers):
             worker.thread = threading.Thread(target=self._work, args=(worker,), name=f"worker-{index}",
                                              daemon=True)
-        self._leader = self._workers[0]
-        self._idle = self._workers[1:]
-        self._workers[0].gate.release()
-        for worker in self._workers:
+        self.leader = self.workers[0]
+        self.idle_workers = self.workers[1:]
+        self.workers[0].gate.release()
+        for worker in self.workers:
             assert worker.thread is not None
             worker.thread.start()
 
     def run(self) -> None:
-        """The main thread's loop: watch the leader, enforce timeouts, run the shutdown; returns when done."""
-        if self._workers[0].thread is None:
+        """The main thread's part (server/transport/monitor.py); returns once shutdown is complete."""
+        if self.workers[0].thread is None:
             self.start()
-        waker = select.poll()
-        waker.register(self._main_r, select.POLLIN)
-        next_sweep = monotonic() + _SWEEP_EVERY
-        stop_seen = False
-        while True:
-            # Stalls need watching only while there are clients; an idle server wakes 4 times a second.
-            if waker.poll((STALL if self.conns or self.stopping else _SWEEP_EVERY) * 1000):
-                with contextlib.suppress(OSError):
-                    os.read(self._main_r, 4096)
-            now = monotonic()
-            if self.on_tick is not None:
-                self.on_tick(now)  # a pre-fork worker's heartbeat to its master (worker.py)
-            self._watch_leader(now)
-            if self.stopping and not stop_seen:
-                stop_seen = True
-                next_sweep = now  # begin shutting down at once
-            if now >= next_sweep:
-                self._sweep(now)
-                if self.stopping and self._shutdown_step(now):
-                    break
-                next_sweep = now + (_SHUTDOWN_STEP_EVERY if self.stopping else _SWEEP_EVERY)
-        self._finish()
+        Monitor(self).run()
 
-    def _watch_leader(self, now: float) -> None:
-        for worker in self._workers:
-            if worker.held and worker.busy_since and now - worker.busy_since >= STALL:
-                self._write_held(worker)
-        leader = self._leader
-        if leader is None or not leader.busy_since or now - leader.busy_since < STALL or not self._idle:
-            return
-        with self._lock:
-            if self._leader is leader and leader.busy_since and self._idle:
-                self._promote()
-
-    def _write_held(self, worker: _Worker) -> None:
-        """Answers held by a thread now stuck in a slow call: write what goes without waiting, free those."""
-        held = worker.held
-        for _ in range(len(held)):
-            try:
-                conn = held.popleft()
-            except IndexError:
-                return
-            try:
-                done = conn.flush()
-            except OSError:
-                self._close(conn)
-                done = True
-            if not done:
-                held.append(conn)  # a client slow to read: its thread waits for it once free
-                continue
-            conn.lock.release()
-            if conn.dirty and not conn.closed:
-                self._requeue(conn)
-
-    def _promote(self) -> None:
-        """Hand the poller to an idle worker; caller holds self._lock and has checked one is idle."""
-        worker = self._idle.pop()
-        self._leader = worker
+    def promote(self) -> None:
+        """Hand the poller to an idle worker; caller holds self.leader_lock and has checked one is idle."""
+        worker = self.idle_workers.pop()
+        self.leader = worker
         worker.gate.release()
 
-    def _sweep(self, now: float) -> None:
-        if self._accept_paused_until and now >= self._accept_paused_until and self.listeners:
-            self._accept_paused_until = 0.0
-            for fd in self.listeners:
-                self.poller.watch(fd, exclusive=self._exclusive)
-        settings = self.settings
-        idle = 0
-        for conn in list(self.conns.values()):
-            if not conn.lock.acquire(blocking=False):
-                continue  # a worker is serving it
-            try:
-                if conn.closed:
-                    continue
-                if conn.draining:
-                    if now >= conn.drain_deadline:
-                        self._close(conn)
-                    continue
-                phase = conn.parser.phase
-                if phase is Phase.IDLE:
-                    limit = settings.keepalive_timeout if conn.served else settings.header_timeout
-                    if now - conn.idle_since > limit:
-                        self._close(conn)
-                    else:
-                        idle += 1
-                elif phase is Phase.HEAD:
-                    started = conn.head_started or conn.idle_since
-                    if now - started > settings.header_timeout:
-                        self._reject(conn, ProtocolError(
-                            408, f"request head not received within {settings.header_timeout:g} s"), now)
-                elif now - conn.last_io > settings.body_timeout:
-                    self._reject(conn, ProtocolError(
-                        408, f"request body stalled for more than {settings.body_timeout:g} s"), now)
-            finally:
-                conn.lock.release()
-        if self._metrics is not None:
-            self._metrics.publish(len(self.conns), idle, sum(1 for worker in self._workers if worker.busy_since))
-
-    def _shutdown_step(self, now: float) -> bool:
-        """Stop accepting, close idle connections, let in-flight ones finish; True when done."""
-        if self.listeners:
-            # The leader retires the listeners, after accepting what the kernel already completed:
-            # closing it from here would reset those connections unanswered.
-            self._wake_leader()
-            pending = True
-            if now >= self._stop_deadline:
-                self._retire_listeners()  # no leader came free within the grace period
-        else:
-            pending = False
-        for conn in list(self.conns.values()):
-            if not conn.lock.acquire(blocking=False):
-                pending = True  # in the middle of a request
-                continue
-            try:
-                if conn.closed:
-                    continue
-                if conn.draining or conn.parser.phase is not Phase.IDLE:
-                    pending = True  # a last response is draining, or a request is still arriving
-                elif now - conn.idle_since < _QUIET_BEFORE_CLOSE or conn.has_unread_input():
-                    # A client may have sent its next request right after our last answer; closing
-                    # now would lose it. Let it arrive: the answer will carry Connection: close.
-                    pending = True
-                else:
-                    self._close(conn)
-            finally:
-                conn.lock.release()
-        return not pending or now >= self._stop_deadline
-
-    def _finish(self) -> None:
-        with self._lock:
-            self._done = True
-            idle, self._idle = self._idle, []
-        for worker in idle:
-            worker.gate.release()
-        self._wake_leader()
-        for worker in self._workers:
-            if worker.thread is not None:
-                worker.thread.join(timeout=1.0)
-        for worker in self._workers:
-            self._write_held(worker)  # answers finished by a thread that has not come back
-        for conn in list(self.conns.values()):
-            # A thread still inside the application after the grace period keeps its connection
-            # locked; that request is cut off when the process exits, as the grace period means.
-            if conn.lock.acquire(timeout=0.05):
-                try:
-                    self._close(conn)
-                finally:
-                    conn.lock.release()
-        self.poller.close()
-        if self._metrics is not None:
-            self._metrics.publish(0, 0, 0)  # the last counts, before the process exits
-        for fd in (self._wake_r, self._wake_w, self._main_r, self._main_w):
+    def close_pipes(self) -> None:
+        """The last step of a shutdown, once no thread can use the wake-up pipes any more."""
+        for fd in (self._wake_r, self._wake_w, self.main_r, self._main_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
 
     # -- worker threads ---------------------------------------------------------------------------------------
 
-    def _work(self, me: _Worker) -> None:
+    def _work(self, me: WorkerSeat) -> None:
         while True:
             me.gate.acquire()  # a follower waits here until promoted
-            if self._done:
+            if self.done:
                 return
             self._lead(me)
-            with self._lock:
-                if self._done:
+            with self.leader_lock:
+                if self.done:
                     return
-                self._idle.append(me)
+                self.idle_workers.append(me)
 
-    def _lead(self, me: _Worker) -> None:
+    def _lead(self, me: WorkerSeat) -> None:
         """Poll and serve inline until demoted.
 
         Polled events go into the shared backlog before any is handled, so when
@@ -343,9 +201,9 @@ class Reactor:
         conns = self.conns
         take = self._take
         helds = self._helds
-        while self._leader is me and not self._done:
+        while self.leader is me and not self.done:
             if self.stopping and self.listeners:
-                self._retire_listeners(accepting=me)
+                self.retire_listeners(accepting=me)
             if not backlog:
                 if any(helds):
                     self._flush(me)  # and look again: a connection written may be back in the backlog
@@ -377,14 +235,14 @@ class Reactor:
             take(conn, me)  # if its owner is busy, the owner sees the flag and carries on
         self._flush(me)  # demoted or stopping: what this thread holds must not wait for it to lead again
 
-    def _dispatch_other(self, fd: int, me: _Worker) -> None:
+    def _dispatch_other(self, fd: int, me: WorkerSeat) -> None:
         if fd in self.listeners:
             self._accept(fd, me.stats)
         elif fd == self._wake_r:
             with contextlib.suppress(OSError):
                 os.read(self._wake_r, 4096)
 
-    def _take(self, conn: Connection, me: _Worker) -> None:
+    def _take(self, conn: Connection, me: WorkerSeat) -> None:
         """Read and serve a readable connection unless another thread owns it.
 
         The flag is set before trying the lock and checked again after letting go
@@ -412,7 +270,7 @@ class Reactor:
                     # so the answers held for others do not wait for it.
                     self._flush(me)
             except OSError:
-                self._close(conn)
+                self.close_connection(conn)
             except BaseException:
                 conn.lock.release()
                 raise
@@ -420,7 +278,7 @@ class Reactor:
             if set_aside and conn.queued:
                 return  # else a leader took it out of the backlog while we held it: it counts on us
 
-    def _hold(self, conn: Connection, me: _Worker) -> None:
+    def _hold(self, conn: Connection, me: WorkerSeat) -> None:
         """Keep a connection with a finished answer locked until its batch is written."""
         held = me.held
         held.append(conn)
@@ -429,7 +287,7 @@ class Reactor:
         elif len(held) >= HOLD_MAX or conn.idle_since - me.held_since >= HOLD_FOR:
             self._flush(me)
 
-    def _flush(self, me: _Worker) -> None:
+    def _flush(self, me: WorkerSeat) -> None:
         """Write every held answer, this thread's and any other's, and let those connections go."""
         release = self._release
         for held in filter(None, self._helds):  # skips the empty ones in C
@@ -440,18 +298,18 @@ class Reactor:
                     break
                 release(conn, me)
 
-    def _release(self, conn: Connection, me: _Worker) -> None:
+    def _release(self, conn: Connection, me: WorkerSeat) -> None:
         try:
             if not conn.flush():
                 self._wait_out(conn, me)
         except OSError:
-            self._close(conn)
+            self.close_connection(conn)
         conn.lock.release()
         if conn.dirty and not conn.closed:
-            self._requeue(conn)
+            self.requeue(conn)
 
     @staticmethod
-    def _wait_out(conn: Connection, me: _Worker) -> None:
+    def _wait_out(conn: Connection, me: WorkerSeat) -> None:
         """The rest of what the connection holds, for a client not reading fast enough: wait for it like
         any other write, with the monitor watching so the poller does not wait too."""
         me.busy_since = monotonic()
@@ -460,12 +318,12 @@ class Reactor:
         finally:
             me.busy_since = 0.0
 
-    def _requeue(self, conn: Connection) -> None:
+    def requeue(self, conn: Connection) -> None:
         """Data came while the connection was held: the leader reads it (not us, or flushes could nest)."""
         self.backlog.append((conn.fd, 0))
-        self._wake_leader()
+        self.wake_leader()
 
-    def _wake_leader(self) -> None:
+    def wake_leader(self) -> None:
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"\0")
 
@@ -488,7 +346,7 @@ class Reactor:
                     print(f"server: accept failed ({os.strerror(exc.errno)}); pausing accepts", file=sys.stderr)
                     for listen_fd in self.listeners:
                         self.poller.remove(listen_fd)
-                    self._accept_paused_until = now + 0.5
+                    self.accept_paused_until = now + 0.5
                 return
             sock.setblocking(False)
             if len(self.conns) >= self.settings.max_connections:
@@ -504,20 +362,20 @@ class Reactor:
                 peer = UNIX_PEER
             conn = make(sock, peer, RequestParser(self.limits), now, self.settings.send_timeout)
             if not self.conns:
-                self._wake_main()  # from now on stalls need watching: switch to the short tick
+                self.wake_main()  # from now on stalls need watching: switch to the short tick
             self.conns[conn.fd] = conn
             self.poller.add(conn.fd)
             if stats is not None:
                 stats.accepted()
 
-    def _retire_listeners(self, accepting: _Worker | None = None) -> None:
+    def retire_listeners(self, accepting: WorkerSeat | None = None) -> None:
         """Stop accepting: leave the poller, accept what the kernel had queued meanwhile (leader only), close.
 
         In that order because other worker processes may share the sockets: once they are out of
         our poller the kernel wakes the others for new connections, and the accept after that takes
         any connection whose wake-up came to us, which nobody else would pick up.
         """
-        with self._lock:  # the leader and, past the deadline, the main thread may both get here
+        with self.leader_lock:  # the leader and, past the deadline, the main thread may both get here
             listeners = self.listeners
             for fd in listeners:
                 self.poller.remove(fd)
@@ -528,7 +386,7 @@ class Reactor:
             for listener in listeners.values():
                 listener.close()
 
-    def _on_readable(self, conn: Connection, me: _Worker) -> bool:
+    def _on_readable(self, conn: Connection, me: WorkerSeat) -> bool:
         """Read once and serve what is complete; True when the connection was set aside again.
 
         Caller holds conn.lock.
@@ -548,7 +406,7 @@ class Reactor:
             self._rearm(conn)
             return False
         except OSError:
-            self._close(conn)
+            self.close_connection(conn)
             return False
         stats = me.stats
         if stats is not None:
@@ -558,7 +416,7 @@ class Reactor:
             if data and conn.drained < _DRAIN_LIMIT:
                 self._rearm(conn)
             else:
-                self._close(conn)
+                self.close_connection(conn)
             return False
         conn.last_io = now
         parser = conn.parser
@@ -568,18 +426,18 @@ class Reactor:
             try:
                 parser.feed_eof()
             except ProtocolError as exc:
-                self._reject(conn, exc, now, me)
+                self.reject(conn, exc, now, me)
                 return False
             if not conn.flush():
                 self._wait_out(conn, me)
-            self._close(conn)
+            self.close_connection(conn)
             return False
         parser.feed(data)
         if len(data) == _RECV_SIZE or conn.hangup:
             conn.dirty = True  # more may be waiting than one read took (or the EOF): read again after serving
         return self._serve(conn, now, me)
 
-    def _serve(self, conn: Connection, now: float, me: _Worker) -> bool:
+    def _serve(self, conn: Connection, now: float, me: WorkerSeat) -> bool:
         """Answer the complete requests in the buffer, up to max_pipeline in a row; caller holds conn.lock.
 
         True when more were waiting and the connection went to the back of the backlog.
@@ -592,7 +450,7 @@ class Reactor:
                 try:
                     request = parser.next_request()
                 except ProtocolError as exc:
-                    self._reject(conn, exc, now, me)
+                    self.reject(conn, exc, now, me)
                     return False
                 if request is None:
                     break
@@ -619,27 +477,27 @@ class Reactor:
                 if parser.buffered:
                     conn.set_aside = conn.queued = True
                     self.backlog.append(conn)  # more pipelined requests: let others go first
-                    self._wake_leader()
+                    self.wake_leader()
                     return True
         except OSError:
-            self._close(conn)
+            self.close_connection(conn)
             return False
         except Exception:
             traceback.print_exc(file=sys.stderr)
-            self._close(conn)
+            self.close_connection(conn)
             return False
         phase = parser.phase
         if phase is not Phase.IDLE:  # part of a next request is here, or its body is awaited
             if conn.head_started is None and phase is Phase.HEAD:
                 conn.head_started = now
             if parser.take_continue() and not conn.send_nowait(CONTINUE):
-                self._close(conn)
+                self.close_connection(conn)
                 return False
         if self._rearm_needed:  # not with epoll: no call at all on the hot path
             self._rearm(conn)
         return False
 
-    def _reject(self, conn: Connection, error: ProtocolError, now: float, me: _Worker | None = None) -> None:
+    def reject(self, conn: Connection, error: ProtocolError, now: float, me: WorkerSeat | None = None) -> None:
         """A request we cannot parse: say why (problem+json), then close, since framing is lost.
 
         A worker (``me``) writes it behind the answers the connection holds, waiting for a slow reader
@@ -653,7 +511,7 @@ class Reactor:
             conn.out += response
             if not conn.flush():
                 self._wait_out(conn, me)
-        stats = self._stats if me is None else me.stats
+        stats = self.main_stats if me is None else me.stats
         if stats is not None:
             stats.protocol_error(error.status, len(response))
         if self.access_log is not None:
@@ -667,9 +525,9 @@ class Reactor:
         try:
             self.poller.rearm(conn.fd)
         except OSError:
-            self._close(conn)
+            self.close_connection(conn)
 
-    def _close(self, conn: Connection) -> None:
+    def close_connection(self, conn: Connection) -> None:
         """Forget first, then close, so the descriptor number is reused only once nothing refers to it.
 
         Caller holds conn.lock.
