@@ -11,9 +11,10 @@ batch, streamed, written by the monitor for a stalled thread, after an interim
 from __future__ import annotations
 
 import signal
+import socket
 
 import pytest
-from conftest import RawClient, get
+from conftest import RawClient, both_listeners, get, proc_fds, wait_until
 
 
 def _answers_then_close(client: RawClient, count: int, timeout: float = 5.0) -> list[tuple[int, bytes]]:
@@ -164,3 +165,27 @@ def test_half_closed_requests_are_answered_during_shutdown(server_factory, raw_f
     assert later[::2] == (200, b"/later") and later[1]["connection"] == "close"
     assert idle.is_closed()
     assert server.proc.wait(timeout=15) == 0
+
+
+@both_listeners
+def test_a_client_closing_after_its_last_bytes_is_forgotten_at_once(server_factory, listener_kind):
+    """After an answer with ``Connection: close`` the server lingers (up to 2 s) for the client's close.
+    A client's last bytes and its FIN can come in one segment: a TLS client's close_notify and its close,
+    here forced with TCP_CORK. The server must read on to the EOF and close then, not keep the
+    connection (and its TLS state) open until the linger ends: a busy TLS server held thousands so."""
+    server = server_factory("--no-access-log")
+    baseline = proc_fds(server.proc.pid)
+    for _ in range(5):
+        client = RawClient.connect(server.address, tls=server.tls)
+        status, headers, body = client.request(get("/add/2/3", "Connection: close\r\n"))
+        assert (status, headers.get("connection"), body) == (200, "close", b"5")
+        client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)  # hold what follows until the FIN
+        if server.tls is None:
+            client.sock.sendall(b"\r\n")  # bytes the draining server reads and drops
+            raw = client.sock
+        else:
+            raw = client.sock.unwrap()  # our close_notify (held back by the cork); the server's was read
+        raw.shutdown(socket.SHUT_WR)  # the held bytes and the FIN leave together
+        raw.close()
+    wait_until(lambda: proc_fds(server.proc.pid) <= baseline, timeout=1.0,
+               what="the server closing every connection well before its 2 s linger ends")

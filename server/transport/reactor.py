@@ -413,10 +413,14 @@ class Reactor:
             stats.bytes_in += len(data)
         if conn.draining:
             conn.drained += len(data)
-            if data and conn.drained < _DRAIN_LIMIT:
-                self._rearm(conn)
-            else:
+            if not data or conn.drained >= _DRAIN_LIMIT:
                 self.close_connection(conn)
+            elif conn.hangup or len(data) == _RECV_SIZE:
+                # Its last bytes and its FIN came as one event (a TLS client's close_notify, then the
+                # close): read on to the EOF now, or the connection lingers until the drain deadline.
+                conn.dirty = True
+            else:
+                self._rearm(conn)
             return False
         conn.last_io = now
         parser = conn.parser
