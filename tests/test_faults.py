@@ -181,6 +181,10 @@ def _refused(address) -> bool:
         socket.create_connection(address, timeout=1).close()
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:
+        # The probe was queued in the backlog as the listener closed (after the server's last accept):
+        # the close is under way, and the next probe is refused.
+        return False
     return False
 
 
