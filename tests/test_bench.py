@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -83,3 +84,24 @@ def test_full_run_replaces_latest(tmp_path):
     written = write_results(report, render(report)[0], tmp_path)
     assert (tmp_path / "latest.md").read_text().startswith("# Latest benchmark")
     assert {p.name.split("-")[0] for p in written} >= {"bench", "latest.md"}
+
+
+def test_tls_cost_reports_the_servers_share_of_a_handshake_and_a_request(tls_certs):
+    """loadtest.tls_cost runs real TLS 1.3 handshakes and keep-alive exchanges (memory BIOs, the test CA's
+    certificate) and prints the server's CPU for each, with what was negotiated."""
+    out = subprocess.run(
+        [sys.executable, "-m", "loadtest.tls_cost", "--certfile", str(tls_certs.server_cert), "--keyfile",
+         str(tls_certs.server_key), "--handshakes", "20", "--requests", "200", "--rounds", "2", "--tickets", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = out.stdout
+    assert "negotiated TLSv1.3 " in text and "1 session tickets per handshake" in text
+    handshake = float(re.search(r"server CPU per handshake: (\d+) us \(median of 2 rounds of 20: ", text)[1])
+    request = float(re.search(r"server CPU per keep-alive request: ([\d.]+) us", text)[1])
+    assert handshake > 0 and request > 0
+
+
+def test_tls_cost_refuses_half_a_certificate(tls_certs):
+    out = subprocess.run([sys.executable, "-m", "loadtest.tls_cost", "--certfile", str(tls_certs.server_cert)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "give both --certfile and --keyfile" in out.stderr
