@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import socket
 import stat
@@ -44,6 +45,11 @@ class Listener:
     @property
     def fd(self) -> int:
         return self.sock.fileno()
+
+    @functools.cached_property
+    def numbers(self) -> tuple[int, int, int]:
+        """Family, type and protocol as plain numbers: what each accepted socket is created with."""
+        return int(self.sock.family), int(self.sock.type), self.sock.proto
 
     @property
     def scheme(self) -> str:

@@ -44,6 +44,10 @@ class EpollPoller:
         with contextlib.suppress(OSError, ValueError):
             self._epoll.unregister(fd)
 
+    def forget(self, fd: int) -> None:
+        """Nothing to do for a connection about to be closed: closing its only descriptor takes it out of
+        the epoll set (as nginx relies on), one system call fewer per connection."""
+
     def close(self) -> None:
         self._epoll.close()
 
@@ -77,6 +81,8 @@ class SelectorPoller:
     def remove(self, fd: int) -> None:
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(fd)
+
+    forget = remove  # the selector keeps its own table of descriptors: a closed one must leave it
 
     def poll(self, timeout: float) -> list[tuple[int, int]]:
         with self._lock:

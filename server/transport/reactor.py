@@ -331,13 +331,16 @@ class Reactor:
         listener = self.listeners.get(fd)
         if listener is None:
             return
-        accept = listener.sock.accept
+        # socket.accept() wraps _accept() and reads the listener's family and type through properties that
+        # build enum members, twice per connection; the numbers are the same every time, so take them once.
+        raw_accept = listener.sock._accept
+        family, kind, proto = listener.numbers
         tcp = listener.kind == "tcp"
         make = listener.extra.get("connection", Connection)  # TLS, PROXY protocol: see tls.connection_factory
         now = monotonic()
         for _ in range(64):
             try:
-                sock, peer = accept()
+                fd, peer = raw_accept()
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -348,6 +351,7 @@ class Reactor:
                         self.poller.remove(listen_fd)
                     self.accept_paused_until = now + 0.5
                 return
+            sock = socket.socket(family, kind, proto, fd)
             sock.setblocking(False)
             if len(self.conns) >= self.settings.max_connections:
                 refuse(sock, self._overload)
@@ -355,8 +359,10 @@ class Reactor:
                     stats.refused(len(self._overload))
                 continue
             if tcp:
-                with contextlib.suppress(OSError):
+                try:  # noqa: SIM105 - once per connection: contextlib.suppress would add three Python calls
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                except OSError:
+                    pass
                 peer = (peer[0], str(peer[1]))  # the port as REMOTE_PORT writes it, once per connection
             else:
                 peer = UNIX_PEER
@@ -541,7 +547,7 @@ class Reactor:
         conn.closed = True
         if self.conns.get(conn.fd) is conn:
             del self.conns[conn.fd]
-        self.poller.remove(conn.fd)
+        self.poller.forget(conn.fd)
         conn.close()
 
 
