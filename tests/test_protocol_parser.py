@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.protocol import Limits, Phase, ProtocolError, RequestParser
+from server.protocol import FirstBlocks, Limits, Phase, ProtocolError, RequestParser
 
 
 def parse_all(data: bytes, limits: Limits | None = None) -> list:
@@ -288,6 +288,46 @@ def test_remembered_header_lines_change_nothing(blocks):
         assert _outcome(shared, data) == expected
         if not hasattr(expected, "method"):
             break
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_LINES), st.lists(st.sampled_from(_FIELD_LINES), max_size=4)),
+                min_size=1, max_size=40))
+def test_blocks_that_began_other_connections_change_nothing(connections):
+    """The parsers of one server share the header blocks that began their connections. Whatever other
+    connections began with, valid or not, each new connection's first request, and a second one with
+    the same block, comes out or fails exactly as a fresh parser makes it."""
+    first_blocks = FirstBlocks()
+    for line, lines in connections:
+        block = b"".join(field + b"\r\n" for field in lines)
+        parser = RequestParser(first_blocks=first_blocks)
+        for data in (_message(line, block), _message(b"GET /again HTTP/1.1", block)):
+            expected = _outcome(RequestParser(), data)
+            assert _outcome(parser, data) == expected
+            if not hasattr(expected, "method"):
+                break
+
+
+def test_a_connection_that_begins_like_another_takes_its_checked_block():
+    first_blocks = FirstBlocks()
+    data = b"GET /a HTTP/1.1\r\nHost: a\r\nUser-Agent: curl/8.5\r\nAccept: */*\r\n\r\n"
+    one, two = RequestParser(first_blocks=first_blocks), RequestParser(first_blocks=first_blocks)
+    first, second = _outcome(one, data), _outcome(two, data)
+    assert first == second == _outcome(RequestParser(), data)
+    assert second.headers is first.headers  # the fields the first connection's parser checked
+    assert one._known_lines and not two._known_lines  # the second parser checked no line itself
+
+
+def test_a_refused_block_is_not_shared_and_the_memo_is_bounded():
+    first_blocks = FirstBlocks()
+    bad = b"GET / HTTP/1.1\r\nHost: a\r\nX-Bad: a\x01b\r\n\r\n"
+    for _ in range(2):
+        assert _outcome(RequestParser(first_blocks=first_blocks), bad) == _outcome(RequestParser(), bad)
+        assert len(first_blocks._facts) == 0
+    for number in range(FirstBlocks.LIMIT * 2 + 3):
+        data = b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-ID: %d\r\n\r\n" % number
+        assert _outcome(RequestParser(first_blocks=first_blocks), data).headers[1] == ("x-request-id", str(number))
+        assert 1 <= len(first_blocks._facts) <= FirstBlocks.LIMIT
 
 
 _BASE_LINES = [b"Host: a", b"X-Request-ID: 1", b"User-Agent: wrk", b"X-Forwarded-For: 10.0.0.1"]

@@ -8,7 +8,8 @@ be tested without a network.
 from .errors import ProtocolError
 from .events import Request
 from .limits import Limits
-from .parser import Phase, RequestParser
+from .parser import FirstBlocks, Phase, RequestParser
 from .response import ResponsePlan, plan_response
 
-__all__ = ["Limits", "Phase", "ProtocolError", "Request", "RequestParser", "ResponsePlan", "plan_response"]
+__all__ = ["FirstBlocks", "Limits", "Phase", "ProtocolError", "Request", "RequestParser", "ResponsePlan",
+           "plan_response"]

@@ -124,12 +124,14 @@ _LENGTH_BODY = _State.LENGTH_BODY
 class RequestParser:
     """Turns a byte stream into ``Request`` objects, one complete request at a time."""
 
-    __slots__ = ("_body", "_buf", "_changed", "_continue_due", "_empty_lines", "_known_lines", "_last_block",
-                 "_last_fields", "_last_lines", "_limits", "_pending", "_remaining", "_scan_from", "_shape",
-                 "_shapes_left", "_state", "_trailer_bytes", "_trailer_count")
+    __slots__ = ("_body", "_buf", "_changed", "_continue_due", "_empty_lines", "_first_blocks", "_known_lines",
+                 "_last_block", "_last_fields", "_last_lines", "_limits", "_pending", "_remaining", "_scan_from",
+                 "_shape", "_shapes_left", "_state", "_trailer_bytes", "_trailer_count")
 
-    def __init__(self, limits: Limits | None = None) -> None:
+    def __init__(self, limits: Limits | None = None, first_blocks: FirstBlocks | None = None) -> None:
+        """``first_blocks``: a memo shared by the parsers of one server, all with these ``limits``."""
         self._limits = limits or Limits()
+        self._first_blocks = first_blocks
         self._buf = bytearray()
         self._scan_from = 0
         self._state = _State.HEAD
@@ -410,10 +412,16 @@ class RequestParser:
             lines = block.split("\r\n")
             lines.pop()  # the block ends with CRLF: nothing after the last one
             facts = None
-            if len(lines) == len(self._last_lines) and self._last_fields is not None:
-                facts = self._facts_by_difference(lines)
+            first_blocks = None
+            if self._last_fields is not None:
+                if len(lines) == len(self._last_lines):
+                    facts = self._facts_by_difference(lines)
+            elif (first_blocks := self._first_blocks) is not None:
+                facts = first_blocks.get(block)
             if facts is None:
                 facts = _field_facts(self._fields(block))
+                if first_blocks is not None and len(block) <= _REMEMBER_BLOCK:
+                    first_blocks.remember(block, facts)
             if len(block) <= _REMEMBER_BLOCK:
                 self._last_block, self._last_fields, self._last_lines = block, facts, lines
         headers, host, host_count, length_count, raw_length, codings, close, keep_alive_token, expect = facts
@@ -556,6 +564,34 @@ class RequestParser:
 
 # Field names already found to be tokens, with their lower-case form: most clients send the same few.
 _field_names: dict[str, str] = {}
+
+
+class FirstBlocks:
+    """The header blocks that began connections, with their facts, shared by one server's parsers.
+
+    Why: a client that opens a connection per request (a script without a session, a health check,
+    HTTP/1.0) sends the same block every time, but each connection's parser starts with an empty
+    memo and would check every line again. The facts depend on the block and the limits only, so
+    every parser given this memo must have the same ``Limits``. Only a connection's first block is
+    looked up and kept: after that the parser's own memo does better. Bounded: at ``LIMIT`` blocks
+    it starts over, so blocks that never come again (a proxy's request ids) cost one insertion each.
+    Threads share it; single dictionary operations are atomic under the GIL, and a lost insertion
+    only means one block is checked again.
+    """
+
+    __slots__ = ("_facts",)
+    LIMIT = 256
+
+    def __init__(self) -> None:
+        self._facts: dict[str, _FieldFacts] = {}
+
+    def get(self, block: str) -> _FieldFacts | None:
+        return self._facts.get(block)
+
+    def remember(self, block: str, facts: _FieldFacts) -> None:
+        if len(self._facts) >= self.LIMIT:
+            self._facts.clear()
+        self._facts[block] = facts
 _FIELD_NAMES_LIMIT = 512
 _TOKEN_TEXT = re.compile(TCHAR.decode() + "+")
 
