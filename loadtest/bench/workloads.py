@@ -39,6 +39,8 @@ WORKLOADS: dict[str, Workload] = {w.key: w for w in (
              note="a new request id and client address on every request, as a proxy sends them"),
     Workload("c1", "GET /add/2/3, one connection", "get", CALC_APP, connections=1,
              note="one request at a time: latency, not throughput"),
+    Workload("close", "GET /add/2/3, a new connection per request", "close", CALC_APP,
+             note="Connection: close on every request, as clients without keep-alive connect"),
     Workload("hello", "Flask hello", "hello", BENCH_APP, note="GET /hello/bench through an ordinary Flask app"),
     Workload("big", "1 MiB response, 10 connections", "big", BENCH_APP, connections=10,
              note="GET /big: one 1 MiB body per answer"),
