@@ -7,8 +7,9 @@ be tested without a network.
 
 from .errors import ProtocolError
 from .events import Request
+from .first_blocks import FirstBlocks
 from .limits import Limits
-from .parser import FirstBlocks, Phase, RequestParser
+from .parser import Phase, RequestParser
 from .response import ResponsePlan, plan_response
 
 __all__ = ["FirstBlocks", "Limits", "Phase", "ProtocolError", "Request", "RequestParser", "ResponsePlan",

@@ -16,6 +16,7 @@ from operator import ne
 from .block_shape import SHAPES_PER_CONNECTION, BlockShape, build_shape
 from .errors import ProtocolError, field_error, request_line_error
 from .events import Request
+from .first_blocks import FirstBlocks
 from .grammar import TCHAR, TOKEN, VALUE_CHAR
 from .limits import Limits
 
@@ -564,34 +565,6 @@ class RequestParser:
 
 # Field names already found to be tokens, with their lower-case form: most clients send the same few.
 _field_names: dict[str, str] = {}
-
-
-class FirstBlocks:
-    """The header blocks that began connections, with their facts, shared by one server's parsers.
-
-    Why: a client that opens a connection per request (a script without a session, a health check,
-    HTTP/1.0) sends the same block every time, but each connection's parser starts with an empty
-    memo and would check every line again. The facts depend on the block and the limits only, so
-    every parser given this memo must have the same ``Limits``. Only a connection's first block is
-    looked up and kept: after that the parser's own memo does better. Bounded: at ``LIMIT`` blocks
-    it starts over, so blocks that never come again (a proxy's request ids) cost one insertion each.
-    Threads share it; single dictionary operations are atomic under the GIL, and a lost insertion
-    only means one block is checked again.
-    """
-
-    __slots__ = ("_facts",)
-    LIMIT = 256
-
-    def __init__(self) -> None:
-        self._facts: dict[str, _FieldFacts] = {}
-
-    def get(self, block: str) -> _FieldFacts | None:
-        return self._facts.get(block)
-
-    def remember(self, block: str, facts: _FieldFacts) -> None:
-        if len(self._facts) >= self.LIMIT:
-            self._facts.clear()
-        self._facts[block] = facts
 _FIELD_NAMES_LIMIT = 512
 _TOKEN_TEXT = re.compile(TCHAR.decode() + "+")
 

@@ -341,7 +341,7 @@ class Reactor:
         # socket.accept() wraps _accept() and reads the listener's family and type through properties that
         # build enum members, twice per connection; the numbers are the same every time, so take them once.
         raw_accept = listener.sock._accept
-        family, kind, proto = listener.numbers
+        family, sock_type, proto = listener.numbers
         tcp = listener.kind == "tcp"
         make = listener.extra.get("connection", Connection)  # TLS, PROXY protocol: see tls.connection_factory
         now = monotonic()
@@ -358,7 +358,7 @@ class Reactor:
                         self.poller.remove(listen_fd)
                     self.accept_paused_until = now + 0.5
                 return
-            sock = socket.socket(family, kind, proto, fd)
+            sock = socket.socket(family, sock_type, proto, fd)
             sock.setblocking(False)
             if len(self.conns) >= self.settings.max_connections:
                 refuse(sock, self._overload)
