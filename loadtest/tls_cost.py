@@ -21,23 +21,16 @@ from __future__ import annotations
 import argparse
 import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from time import thread_time
 
+from .bench.servers import self_signed_certificate
+
 REQUEST = b"GET /add/2/3 HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: tls-cost\r\nAccept: */*\r\n\r\n"
 ANSWER = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nDate: Tue, 01 Dec 2026 12:00:00 GMT\r\n"
           b"Server: calc-server\r\nContent-Length: 1\r\n\r\n5")
-
-
-def make_certificate(directory: Path) -> tuple[Path, Path]:
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                    "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1"],
-                   check=True, capture_output=True, timeout=60)
-    return cert, key
 
 
 class Pair:
@@ -117,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.handshakes, args.requests, args.rounds) < 1:
         parser.error("--handshakes, --requests and --rounds must be at least 1")
     with tempfile.TemporaryDirectory() as scratch:
-        cert, key = (args.certfile, args.keyfile) if args.certfile else make_certificate(Path(scratch))
+        cert, key = (args.certfile, args.keyfile) if args.certfile else self_signed_certificate(Path(scratch))
         server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         server.load_cert_chain(str(cert), str(key))
         if args.tickets is not None:

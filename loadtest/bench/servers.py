@@ -24,6 +24,15 @@ TEMPLATE = ROOT / "nginx" / "templates" / "default.conf.template"
 READY_LINE = re.compile(r"listening on https?://(?:\[[^\]]+\]|[^\s:]+):(\d+)")
 
 
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A throw-away self-signed P-256 certificate for 127.0.0.1 in ``directory``, made with the openssl CLI."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
 @dataclasses.dataclass
 class Target:
     name: str
@@ -107,11 +116,7 @@ class Servers:
         if self.cert is None:
             base = self.logs / "tls"
             base.mkdir(parents=True, exist_ok=True)
-            cert, key = base / "cert.pem", base / "key.pem"
-            subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-                            "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=127.0.0.1",
-                            "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=60)
-            self.cert = cert, key
+            self.cert = self_signed_certificate(base)
         return self.cert
 
     # --- the servers ------------------------------------------------------------------------------
