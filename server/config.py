@@ -71,6 +71,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _non_negative_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("expected a number of seconds, such as 5 or 0 for none") from None
+    if not 0 <= value < float("inf"):
+        raise ValueError(f"must be 0 or a positive number of seconds, got {text}")
+    return value
+
+
 def _header_value(text: str) -> str:
     """Printable ASCII only: it is written into every response head as it is."""
     if not all(" " <= c <= "~" for c in text):
@@ -194,6 +204,10 @@ OPTIONS: tuple[Option, ...] = (
            "Seconds a response write may stall before the client is dropped (slow readers)."),
     Option("graceful_timeout", 30.0, _seconds,
            "Seconds in-flight requests get to finish after SIGTERM/SIGINT before the process exits."),
+    Option("drain_delay", 0.0, _non_negative_seconds,
+           "Lame duck: seconds the server keeps accepting and answering after SIGTERM/SIGINT before it stops "
+           "accepting, each answer with Connection: close and /healthz saying 503 draining, so a proxy or "
+           "orchestrator can take it out of rotation first; 0 (default) stops accepting at once."),
     Option("max_request_line", _PARSER.max_request_line, _positive_int, "Longest request line in bytes (414 beyond)."),
     Option("max_header_count", _PARSER.max_header_count, _positive_int,
            "Most header fields in one request (431 beyond)."),
@@ -268,6 +282,7 @@ class Settings:
     body_timeout: float = 30.0
     send_timeout: float = 30.0
     graceful_timeout: float = 30.0
+    drain_delay: float = 0.0
     max_request_line: int = _PARSER.max_request_line
     max_header_count: int = _PARSER.max_header_count
     max_header_size: int = _PARSER.max_header_size

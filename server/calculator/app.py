@@ -43,6 +43,10 @@ _POSTABLE = (frozenset({"POST"}), "POST")
 _KNOWN_LENGTHS = 512
 _LENGTHS = [("Content-Length", str(size)) for size in range(_KNOWN_LENGTHS)]
 _HEALTH_BODY = b'{"status":"ok"}'
+_DRAINING_BODY = b'{"status":"draining"}'
+# Set to True by a server that is about to shut down and wants no new traffic (calc-server's
+# --drain-delay); a key other servers simply never set.
+_DRAINING = "calc_server.draining"
 _OPENAPI_BODY = openapi.document_bytes()
 _ROUTES_HINT = "Try GET /add/{arg1}/{arg2} (or sub, mult, div), POST /calc, GET /healthz or GET /openapi.json."
 
@@ -164,8 +168,11 @@ def _calc(environ: dict[str, Any]) -> Response:
 
 
 def _health(environ: dict[str, Any]) -> Response:
-    """GET /healthz: constant and cheap, for container health checks."""
+    """GET /healthz: cheap, for container health checks; 503 ``draining`` once the server is shutting down."""
     _allow(environ, _READABLE)
+    if environ.get(_DRAINING):
+        return "503 Service Unavailable", [_JSON, ("Content-Length", str(len(_DRAINING_BODY))),
+                                           ("Retry-After", "1")], _DRAINING_BODY
     return _OK, [_JSON, ("Content-Length", str(len(_HEALTH_BODY)))], _HEALTH_BODY
 
 

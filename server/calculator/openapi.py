@@ -86,6 +86,19 @@ _SERVER_SLUGS = tuple(SERVER_CATALOGUE)
 _ZERO_PATTERN = r"^[+-]?(?:0+(?:\.0*)?|\.0+)(?:[eE][+-]?[0-9]+)?$"
 
 
+def _health_unavailable(responses: dict[str, Any]) -> dict[str, Any]:
+    """/healthz's 503 may also be the server draining before it shuts down (--drain-delay)."""
+    unavailable = responses["503"]
+    unavailable["description"] += "; or the server is draining before it shuts down (--drain-delay)"
+    unavailable["content"]["application/json"] = {
+        "schema": {"type": "object", "properties": {"status": {"const": "draining"}}, "required": ["status"]},
+        "example": {"status": "draining"},
+    }
+    unavailable["headers"] = {"Retry-After": {"description": "Seconds to wait before asking again.",
+                                              "schema": {"type": "string"}}}
+    return responses
+
+
 def _operand_parameter(name: str, divisor: bool = False) -> dict[str, Any]:
     schema: dict[str, Any] = {"type": "string", "pattern": f"^{_A.NUMBER_PATTERN}$", "maxLength": _A.MAX_OPERAND_CHARS}
     description = "A decimal number within the size bound, such as `2`, `-1.5` or `6.02e23`."
@@ -195,7 +208,7 @@ def document() -> dict[str, Any]:
                                    "required": ["status"]},
                         "example": {"status": "ok"},
                     }}},
-                    **_problem_responses("method-not-allowed", *_SERVER_SLUGS),
+                    **_health_unavailable(_problem_responses("method-not-allowed", *_SERVER_SLUGS)),
                 },
             },
         },

@@ -15,6 +15,7 @@ from ..metrics import Metrics
 from ..wsgi import WSGIRunner
 from ..wsgi.environ import EnvironBuilder
 from ..wsgi.proxy import TrustedProxies
+from .lame_duck import LameDuck
 from .listener import Listener
 from .reactor import Reactor, make_signal_handler
 from .tls import TLSContexts, connection_factory
@@ -70,7 +71,10 @@ def serve(listeners: list[Listener], app: Callable[..., Any], settings: Settings
             listener.extra["connection"] = make
     reactor = Reactor(listeners, runner, settings, access_log, exclusive_accept=multiprocess,
                       metrics=metrics.recorders() if metrics is not None else None)
-    _handle_signals(reactor, access_log, log_files, supervised=slot is not None)
+    stop: Callable[[int, object], None] = make_signal_handler(reactor)
+    if settings.drain_delay > 0 and slot is None:
+        stop = LameDuck(reactor, environ.announce_draining, settings.drain_delay)
+    _handle_signals(stop, access_log, log_files, supervised=slot is not None)
     install_reload(contexts, supervised=slot is not None)
     if slot is not None:
         reactor.on_tick = slot.ticker(lambda: reactor.served, orphaned=reactor.stop)
@@ -87,15 +91,15 @@ def serve(listeners: list[Listener], app: Callable[..., Any], settings: Settings
     return 0
 
 
-def _handle_signals(reactor: Reactor, access_log: AccessLog | None, log_files: LogFiles, *,
+def _handle_signals(stop: Callable[[int, object], None], access_log: AccessLog | None, log_files: LogFiles, *,
                     supervised: bool) -> None:
-    """TERM/INT: graceful shutdown. QUIT: exit now. USR1: reopen log files. TTIN, TTOU: the master's.
+    """TERM/INT: graceful shutdown (after --drain-delay: lame_duck.py). QUIT: exit now. USR1: reopen log
+    files. TTIN, TTOU: the master's.
 
     Without a master (one process, no --master) there are no workers to add or
     remove, so TTIN and TTOU are answered with a log line saying how to get them,
     instead of their default action (stopping the process).
     """
-    stop = make_signal_handler(reactor)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGQUIT, lambda signum, frame: _exit_now(access_log))

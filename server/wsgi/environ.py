@@ -11,6 +11,10 @@ from ..protocol import Request
 from .file_wrapper import FileWrapper
 from .proxy import TrustedProxies
 
+# Server-specific environ key (PEP 3333: prefixed with the server's name), True while the server drains
+# before shutting down (--drain-delay); absent otherwise. Applications read it with environ.get().
+DRAINING = "calc_server.draining"
+
 
 class EnvironBuilder:
     """Holds what is the same for every request, so each request copies one dict and fills in the rest."""
@@ -40,6 +44,12 @@ class EnvironBuilder:
         # base in the next size up with one unused entry, which dict.copy() still clones as it is.
         self.base["_room"] = None
         del self.base["_room"]
+
+    def announce_draining(self) -> None:
+        """From now on every request's environ has ``calc_server.draining`` True (the server's lame duck,
+        server/transport/lame_duck.py); a health check answers that it is going away. One key added to
+        the shared base dict: requests pay nothing for it, before or after."""
+        self.base[DRAINING] = True
 
     def build(self, request: Request, peer: tuple[Any, ...]) -> dict[str, Any]:
         """The environ of one request from ``peer``: (address, port as text[, TLS keys]), as the transport keeps it."""
