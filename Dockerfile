@@ -2,12 +2,12 @@
 # base plus the server/ package, nothing installed.
 #
 #   docker build -t calc-server .
-#   docker build --build-arg PYTHON_IMAGE=local/python:3.11-bookworm -t calc-server .
+#   docker build --build-arg PYTHON_IMAGE=local/python:3.13-trixie -t calc-server .
 #
 # PYTHON_IMAGE is any image with python3 >= 3.11 on the PATH: the official one,
 # or the stand-in scripts/docker-setup builds from Debian packages where no
 # registry is reachable.
-ARG PYTHON_IMAGE=python:3.12-slim
+ARG PYTHON_IMAGE=python:3.13-slim
 FROM ${PYTHON_IMAGE}
 
 # Settings come from CALC_* variables (see server/config.py); these are the

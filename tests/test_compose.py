@@ -38,7 +38,7 @@ from conftest import fetch as http_fetch
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 IMAGES = {  # variable: (official image, local stand-in)
-    "PYTHON_IMAGE": ("python:3.12-slim", "local/python:3.11-bookworm"),
+    "PYTHON_IMAGE": ("python:3.13-slim", "local/python:3.13-trixie"),
     "NGINX_IMAGE": ("nginx:1.27-alpine", "local/nginx:bookworm"),
     "PROMETHEUS_IMAGE": ("prom/prometheus:v2.53.3", "local/prometheus:bookworm"),  # the monitoring profile's
 }
