@@ -55,6 +55,8 @@ class EpollPoller:
 class SelectorPoller:
     """Portable fallback: re-arm requests are queued and the loop is woken to apply them."""
 
+    needs_rearm = True  # registrations are one-shot (see poll): the owner re-arms after each read
+
     def __init__(self) -> None:
         self._selector = selectors.DefaultSelector()
         self._lock = threading.Lock()
