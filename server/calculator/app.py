@@ -137,6 +137,8 @@ def _calc(environ: dict[str, Any]) -> Response:
     if environ.get("CONTENT_TYPE", "") not in COMMON_JSON_TYPES:
         require_json(environ)
     body = read_body(environ)
+    first: Decimal | int
+    second: Decimal | int
     common = COMMON_BODY.fullmatch(body)
     if common is None:
         op, first, second = parse_other(body)

@@ -125,7 +125,7 @@ def _abbreviate(text: str, keep: int = 12) -> str:
     return text if len(text) <= keep else f"{text[:keep]}… ({len(text)} characters)"
 
 
-def divide(dividend: Decimal, divisor: Decimal) -> Decimal:
+def divide(dividend: Decimal | int, divisor: Decimal | int) -> Decimal:
     """Quotient rounded to ``DIVISION_PRECISION`` significant digits, half to even."""
     if not divisor:
         raise DivisionByZeroError("division by zero")
@@ -160,7 +160,7 @@ def to_plain(value: Decimal | int) -> str:
     if not value:
         return "0"  # also covers -0 and 0E+5
     text = str(value)
-    if "E" in text:
+    if "E" in text and isinstance(value, Decimal):  # an int's str() never has an exponent
         # str() switches to scientific notation for positive exponents and tiny numbers; the
         # normalized value has no trailing zeros, and format "f" writes it out in full.
         return format(value.normalize(_EXACT), "f")

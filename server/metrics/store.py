@@ -94,7 +94,7 @@ class ProcessRecorders:
     on its way out, so a scrape sees counts at most 0.25 s old.
     """
 
-    def __init__(self, cells: memoryview, floats: memoryview, starts: Iterable[int]) -> None:
+    def __init__(self, cells: memoryview[int], floats: memoryview[float], starts: Iterable[int]) -> None:
         self._cells = cells
         self._floats = floats
         self._starts = list(starts)

@@ -29,9 +29,9 @@ class ProtocolError(Exception):
 def request_line_error(line: bytes) -> ProtocolError:
     """Name the exact problem with a request line, so clients can fix it."""
     if _ANY_VERSION.fullmatch(line):
-        version = line.rsplit(b" ", 1)[1].decode("ascii", "replace")
-        if not version.startswith("HTTP/1."):
-            return ProtocolError(505, f"{version} is not supported; use HTTP/1.1")
+        named = line.rsplit(b" ", 1)[1].decode("ascii", "replace")
+        if not named.startswith("HTTP/1."):
+            return ProtocolError(505, f"{named} is not supported; use HTTP/1.1")
     parts = line.split(b" ")
     if len(parts) != 3:
         if b"\n" in line or b"\r" in line:

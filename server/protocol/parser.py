@@ -325,7 +325,7 @@ class RequestParser:
             self._shapes_left -= 1
             self._shape = build_shape(lines, shape, headers, tail)
         self._changed = shape
-        return (headers, *tail)  # type: ignore[return-value]
+        return (headers, *tail)
 
     def _fields(self, block: str) -> list[tuple[str, str]]:
         """Header lines (each ending in CRLF) as (lower-case name, trimmed value) pairs."""
@@ -400,6 +400,7 @@ class RequestParser:
             raise ProtocolError(505, f"HTTP/{major}.{minor} is not supported; use HTTP/1.1")
         http11 = minor != "0"
         block = text[match.end():-2]
+        facts: _FieldFacts | None
         if block == self._last_block and self._last_fields is not None:
             facts = self._last_fields
         elif not block:
@@ -408,7 +409,7 @@ class RequestParser:
                 found := shape.pattern.fullmatch(block)) is not None:
             # The lines that vary, in one pass; the memo of the last block stays as it was (a pair
             # that agree), since this block's lines are never split out.
-            facts = shape.facts(found)  # type: ignore[assignment]
+            facts = shape.facts(found)
         else:
             lines = block.split("\r\n")
             lines.pop()  # the block ends with CRLF: nothing after the last one
@@ -465,8 +466,7 @@ class RequestParser:
                 raise ProtocolError(400, "Transfer-Encoding is not allowed in an HTTP/1.0 request")
             if length_count:
                 raise ProtocolError(400, "Content-Length and Transfer-Encoding must not both be sent")
-            codings = [c for c in codings if c]
-            _check_codings(codings)
+            _check_codings([c for c in codings if c])
             chunked = True
         elif length_count:
             if length_count > 1:

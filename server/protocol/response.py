@@ -57,7 +57,8 @@ def check_fields(status: str, headers: list[tuple[str, str]]) -> Fields:
     """
     if type(headers) is not list:
         raise TypeError("WSGI headers must be a list of (str, str) tuples")
-    key: tuple[object, ...] | None = (status, *headers)
+    key: tuple[object, ...] | None
+    key = (status, *headers)
     try:
         fields = _fields_cache.get(key)
     except TypeError:  # something unhashable in there: not a (str, str) tuple, which the checks will say

@@ -200,10 +200,10 @@ class Arbiter:
             self._retire(victim, None, now)
             current.remove(victim)
         while len(current) < self.size and self._may_spawn(now):
-            child = self._spawn(now)
-            if child is None:
+            spawned = self._spawn(now)
+            if spawned is None:
                 break
-            current.append(child)
+            current.append(spawned)
         # Outdated and recycled workers leave only as ready replacements take their place.
         serving = [c for c in self.children.values() if c.ready and not c.retiring]
         for child in [c for c in serving if c not in current]:

@@ -10,6 +10,7 @@ import socket
 import threading
 
 from ..protocol import RequestParser
+from ..wsgi.environ import Peer
 
 HOLD_LIMIT = 16384  # bytes of finished answers a connection may hold back to be written with others
 CLOSING_BUDGET = 32  # answers a closing server still gives one connection for requests its client had sent
@@ -35,7 +36,7 @@ class Connection:
                  send_timeout: float) -> None:
         self.sock = sock
         self.fd = sock.fileno()
-        self.peer = peer
+        self.peer: Peer = peer  # a TLS handshake adds its environ keys (tls.TLSStream)
         self.parser = parser
         self.send_timeout = send_timeout
         self.lock = threading.Lock()
@@ -83,7 +84,7 @@ class Connection:
         self.out = out[sent:] if sent < len(out) else b""
         return not self.out
 
-    def send_all(self, data: bytes) -> None:
+    def send_all(self, data: bytes | memoryview) -> None:
         """Write held answers and then data, waiting for the client while it makes progress.
 
         Raises SendTimeout once the client stops reading. The socket stays

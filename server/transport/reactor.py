@@ -51,6 +51,7 @@ import threading
 import traceback
 from collections.abc import Callable
 from time import monotonic
+from typing import cast
 
 from ..accesslog import AccessLog
 from ..config import Settings
@@ -234,7 +235,7 @@ class Reactor:
                     conn.hangup = True  # data and FIN can come as one event: read until the EOF shows
             else:
                 # a client that pipelined more than max_pipeline: whatever else is ready goes first
-                conn = item
+                conn = cast(Connection, item)  # not a tuple, so the backlog's other kind
                 conn.queued = False
                 with contextlib.suppress(OSError):
                     backlog.extend(poll(0))
@@ -340,7 +341,8 @@ class Reactor:
             return
         # socket.accept() wraps _accept() and reads the listener's family and type through properties that
         # build enum members, twice per connection; the numbers are the same every time, so take them once.
-        raw_accept = listener.sock._accept
+        # socket._accept is CPython's private accept: (fd, address), the socket object left to the caller.
+        raw_accept = listener.sock._accept  # type: ignore[attr-defined]
         family, sock_type, proto = listener.numbers
         tcp = listener.kind == "tcp"
         make = listener.extra.get("connection", Connection)  # TLS, PROXY protocol: see tls.connection_factory

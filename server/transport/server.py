@@ -6,7 +6,6 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any
 
 from ..accesslog import AccessLog
 from ..config import Settings
@@ -14,6 +13,7 @@ from ..logfiles import LogFiles
 from ..metrics import Metrics
 from ..wsgi import WSGIRunner
 from ..wsgi.environ import EnvironBuilder
+from ..wsgi.pep3333 import WSGIApplication
 from ..wsgi.proxy import TrustedProxies
 from .lame_duck import LameDuck
 from .listener import Listener
@@ -47,7 +47,7 @@ def install_reload(contexts: TLSContexts | None, *, supervised: bool) -> None:
     signal.signal(signal.SIGHUP, on_hup)
 
 
-def serve(listeners: list[Listener], app: Callable[..., Any], settings: Settings, *, multiprocess: bool,
+def serve(listeners: list[Listener], app: WSGIApplication, settings: Settings, *, multiprocess: bool,
           on_ready: Callable[[], None] | None = None, metrics: Metrics | None = None,
           log_files: LogFiles | None = None, slot: WorkerSlot | None = None) -> int:
     """Serve until SIGTERM/SIGINT, then shut down gracefully; returns the exit status.

@@ -63,7 +63,7 @@ import ssl
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 from ..config import Settings
 from ..protocol import RequestParser
@@ -333,19 +333,22 @@ class TLSStream:
         self.conn = None
         self.raw.close()
 
-    def environ(self) -> dict[str, Any]:
+    def environ(self) -> dict[str, object]:
         """What the application learns about this TLS connection (keys documented in docs/tls.md)."""
         tls = self.tls
-        env: dict[str, Any] = {"wsgi.url_scheme": "https", "HTTPS": "on", "SSL_PROTOCOL": tls.version() or "",
+        env: dict[str, object] = {"wsgi.url_scheme": "https", "HTTPS": "on", "SSL_PROTOCOL": tls.version() or "",
                                "SSL_CIPHER": (tls.cipher() or ("",))[0]}
         cert = tls.getpeercert()
         if not cert:
             env["SSL_CLIENT_VERIFY"] = "NONE"
             return env
         env["SSL_CLIENT_VERIFY"] = "SUCCESS"  # the context verified it, or the handshake would have failed
-        env["SSL_CLIENT_S_DN"] = _dn(cert.get("subject", ()))
-        env["SSL_CLIENT_I_DN"] = _dn(cert.get("issuer", ()))
-        env["SSL_CLIENT_S_DN_CN"] = _dn_field(cert.get("subject", ()), "commonName")
+        # getpeercert() types every value of its dict as the union of all of them; these two are always
+        # sequences of RDNs, each a tuple of (attribute, value) pairs.
+        subject = cast(_RDNSequence, cert.get("subject", ()))
+        env["SSL_CLIENT_S_DN"] = _dn(subject)
+        env["SSL_CLIENT_I_DN"] = _dn(cast(_RDNSequence, cert.get("issuer", ())))
+        env["SSL_CLIENT_S_DN_CN"] = _dn_field(subject, "commonName")
         env["SSL_CLIENT_SERIAL"] = cert.get("serialNumber", "")
         env["SSL_CLIENT_V_START"] = cert.get("notBefore", "")
         env["SSL_CLIENT_V_END"] = cert.get("notAfter", "")
@@ -355,12 +358,13 @@ class TLSStream:
         return env
 
 
+_RDNSequence = tuple[tuple[tuple[str, str], ...], ...]  # a distinguished name as ssl's getpeercert() gives it
 _DN_SHORT = {"commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU", "countryName": "C",
              "stateOrProvinceName": "ST", "localityName": "L", "emailAddress": "emailAddress",
              "domainComponent": "DC", "serialNumber": "serialNumber"}
 
 
-def _dn(rdns: Any) -> str:
+def _dn(rdns: _RDNSequence) -> str:
     """A distinguished name as RFC 4514 writes it (most specific first), e.g. ``CN=alice,O=Example``."""
     parts = []
     for rdn in reversed(rdns):
@@ -377,7 +381,7 @@ def _escape(value: str) -> str:
     return out
 
 
-def _dn_field(rdns: Any, name: str) -> str:
+def _dn_field(rdns: _RDNSequence, name: str) -> str:
     for rdn in rdns:
         for key, value in rdn:
             if key == name:
@@ -391,6 +395,10 @@ class TLSConnection(Connection):
     __slots__ = ()
     is_tls = True  # no os.sendfile: file bodies must go through encryption
     sendfile_ok = False  # the runner reads file_wrapper bodies in blocks instead (see wsgi/file_wrapper.py)
+    if TYPE_CHECKING:
+        # connection_factory gives every TLSConnection a TLSStream, which is no socket subclass: until
+        # Connection.sock has a protocol type that both satisfy, this narrower declaration overrides it.
+        sock: TLSStream  # type: ignore[assignment]
 
     def flush(self) -> bool:
         out = self.out
@@ -399,7 +407,7 @@ class TLSConnection(Connection):
             return self.sock.write(out)
         return self.sock.push()
 
-    def send_all(self, data: bytes) -> None:
+    def send_all(self, data: bytes | memoryview) -> None:
         if self.out:
             data = self.out + data
             self.out = b""
@@ -440,7 +448,7 @@ def connection_factory(contexts: TLSContexts | None, proxy_trusts: Callable[[str
         def tls_connection(sock: socket.socket, peer: tuple[str, str], parser: RequestParser, now: float,
                            send_timeout: float) -> Connection:
             conn = TLSConnection(sock, peer, parser, now, send_timeout)
-            conn.sock = TLSStream(sock, contexts.context, conn, proxy_trusts)  # type: ignore[assignment]
+            conn.sock = TLSStream(sock, contexts.context, conn, proxy_trusts)
             return conn
 
         return tls_connection
@@ -450,6 +458,7 @@ def connection_factory(contexts: TLSContexts | None, proxy_trusts: Callable[[str
         def proxied_connection(sock: socket.socket, peer: tuple[str, str], parser: RequestParser, now: float,
                                send_timeout: float) -> Connection:
             conn = Connection(sock, peer, parser, now, send_timeout)
+            # ProxyPreamble stands in for the socket until the header is read (no socket subclass: see TLSConnection)
             conn.sock = ProxyPreamble(sock, conn, proxy_trusts)  # type: ignore[assignment]
             return conn
 

@@ -15,6 +15,10 @@ from .proxy import TrustedProxies
 # before shutting down (--drain-delay); absent otherwise. Applications read it with environ.get().
 DRAINING = "calc_server.draining"
 
+# A client as the transport keeps it: address and port as text, then, on a TLS connection, the
+# environ keys its handshake established (server/transport/tls.py).
+Peer = tuple[str, str] | tuple[str, str, dict[str, object]]
+
 
 class EnvironBuilder:
     """Holds what is the same for every request, so each request copies one dict and fills in the rest."""
@@ -51,7 +55,7 @@ class EnvironBuilder:
         the shared base dict: requests pay nothing for it, before or after."""
         self.base[DRAINING] = True
 
-    def build(self, request: Request, peer: tuple[Any, ...]) -> dict[str, Any]:
+    def build(self, request: Request, peer: Peer) -> dict[str, Any]:
         """The environ of one request from ``peer``: (address, port as text[, TLS keys]), as the transport keeps it."""
         path = request.path
         if "%" in path:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
+
+from .pep3333 import WSGIApplication
 
 
-def load_app(spec: str) -> Callable[..., Any]:
+def load_app(spec: str) -> WSGIApplication:
     """``package.module:callable`` (``:app`` by default); dotted attributes allowed after the colon."""
     module_name, _, attr = spec.partition(":")
     if not module_name:
@@ -21,4 +22,5 @@ def load_app(spec: str) -> Callable[..., Any]:
             raise ValueError(f"--app {spec!r}: {module_name} has no attribute {attr or 'app'!r}") from None
     if not callable(obj):
         raise ValueError(f"--app {spec!r} is not callable")
-    return obj
+    # Only calling it can show whether it takes (environ, start_response); the type says it must.
+    return cast(WSGIApplication, obj)

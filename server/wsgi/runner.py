@@ -13,14 +13,15 @@ import time
 import traceback
 from collections.abc import Callable, Iterable
 from time import time as _clock
-from typing import Any, Protocol
+from typing import Protocol
 
 from ..accesslog import AccessLog
 from ..protocol import Request, ResponsePlan
 from ..protocol.response import Fields, check_fields, frame
 from ..protocol.writer import LAST_CHUNK, chunk, error_response, http_date
-from .environ import EnvironBuilder
+from .environ import EnvironBuilder, Peer
 from .file_wrapper import FileWrapper
+from .pep3333 import ExcInfo, WSGIApplication
 
 Send = Callable[[bytes], None]
 
@@ -41,16 +42,23 @@ class Sink(Protocol):
         closing would make the client find out and retry it, which only idempotent ones may.
         """
 
+    def send_parts(self, head: bytes, body: bytes) -> None:
+        """A large answer, written now without joining head and body first (a copy of the whole body);
+        used for bodies above _JOIN_LIMIT."""
+
+    def send_file(self, head: bytes, fd: int, offset: int, count: int) -> int:
+        """Write the head, then count bytes of the file from offset; only when ``sendfile_ok``.
+
+        Returns fewer than count only when the file ends first.
+        """
+
+    # Whether send_file may be used (False where the kernel cannot copy to the socket, as under TLS).
+    sendfile_ok: bool
+
     # Set by the runner once an answer is complete, for the transport's metrics: its status code and
     # the bytes handed over (head included).
     status: int
     answered: int
-
-    # Optional: ``send_parts(head, body)`` writes a large answer now without joining head and body
-    # first (a copy of the whole body); used for bodies above _JOIN_LIMIT.
-    # Optional, looked up with getattr: ``sendfile_ok`` (bool) says whether ``send_file`` may be used;
-    # ``send_file(head, fd, offset, count) -> int`` writes the head and then count bytes of the file
-    # from offset (returns fewer only when the file ends first).
 
 
 # Above this, head and body go to the sink as two pieces: joining them would copy the body (1 MiB
@@ -85,8 +93,7 @@ class ResponseAborted(Exception):
 class _Exchange:
     """The state of one request/response pair as the application drives it."""
 
-    __slots__ = ("bytes_sent", "fields", "hint", "keep_alive", "plan", "request", "runner", "sink",
-                 "status", "wrote")
+    __slots__ = ("bytes_sent", "fields", "hint", "keep_alive", "plan", "request", "runner", "sink", "wrote")
 
     def __init__(self, runner: WSGIRunner, request: Request, sink: Sink, keep_alive: bool) -> None:
         self.runner = runner
@@ -94,8 +101,7 @@ class _Exchange:
         self.sink = sink
         self.wrote = 0  # bytes handed to the sink, head and framing included
         self.keep_alive = keep_alive
-        self.status: str | None = None
-        self.fields: Fields | None = None
+        self.fields: Fields | None = None  # from start_response; None again if the answer became a 500
         self.plan: ResponsePlan | None = None
         self.bytes_sent = 0
         self.hint: int | None = None  # the body's size if known before it is sent (a file's)
@@ -104,7 +110,8 @@ class _Exchange:
         self.wrote += len(data)
         self.sink.send_all(data)
 
-    def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable:
+    def start_response(self, status: str, headers: list[tuple[str, str]],
+                       exc_info: ExcInfo | None = None) -> Callable[[bytes], None]:
         if exc_info is not None:
             try:
                 if self.plan is not None:
@@ -114,7 +121,6 @@ class _Exchange:
         elif self.fields is not None:
             raise AssertionError("start_response called a second time without exc_info")
         self.fields = check_fields(status, headers)  # raises here, while the application can still react
-        self.status = status
         return self.write
 
     def begin(self, length_hint: int | None) -> ResponsePlan:
@@ -154,7 +160,7 @@ class _Exchange:
             self.bytes_sent += len(data)
             self.send(head + chunk(data) if plan.chunked else head + data)
 
-    def finish(self) -> None:
+    def finish(self) -> ResponsePlan:
         plan = self.plan
         if plan is None:
             plan = self.begin(self.hint or 0)
@@ -164,12 +170,13 @@ class _Exchange:
         elif plan.send_body and plan.content_length is not None and self.bytes_sent < plan.content_length:
             raise ResponseAborted(f"application sent {self.bytes_sent} of its declared "
                                   f"{plan.content_length} bytes")
+        return plan
 
 
 class WSGIRunner:
     """Everything needed to answer requests with one application."""
 
-    def __init__(self, app: Callable[..., Iterable[bytes]], environ: EnvironBuilder, *,
+    def __init__(self, app: WSGIApplication, environ: EnvironBuilder, *,
                  server_header: str, access_log: AccessLog | None) -> None:
         self.app = app
         self.environ = environ
@@ -179,7 +186,7 @@ class WSGIRunner:
         # Set at shutdown: from then on each connection's last answer carries Connection: close.
         self.closing = False
 
-    def run(self, request: Request, peer: tuple[str, str], sink: Sink, keep_alive: bool) -> bool:
+    def run(self, request: Request, peer: Peer, sink: Sink, keep_alive: bool) -> bool:
         """Answer one request; True when the connection may carry another.
 
         Raises OSError when sending fails (the client went away).
@@ -196,21 +203,19 @@ class WSGIRunner:
                 plan = exchange.begin(len(body))
                 if plan.send_body and body:
                     exchange.bytes_sent = len(body)
-                    if len(body) > _JOIN_LIMIT and hasattr(sink, "send_parts"):
-                        sink.send_parts(plan.head, body)  # type: ignore[attr-defined]
+                    if len(body) > _JOIN_LIMIT:
+                        sink.send_parts(plan.head, body)
                     else:
                         sink.send_response(plan.head + body)
                     sink.answered = len(plan.head) + len(body)
                 else:
                     sink.send_response(plan.head)
                     sink.answered = len(plan.head)
-            elif type(result) is FileWrapper and exchange.fields is not None:
-                self._send_file(result, exchange, sink)
-                plan = exchange.plan
+            elif type(result) is FileWrapper and (fields := exchange.fields) is not None:
+                plan = self._send_file(result, exchange, fields, sink)
                 sink.answered = exchange.wrote
             else:
-                self._stream(result, exchange)
-                plan = exchange.plan
+                plan = self._stream(result, exchange)
                 sink.answered = exchange.wrote
             keep = exchange.keep_alive and plan.keep_alive
         except ResponseAborted as exc:
@@ -224,12 +229,13 @@ class WSGIRunner:
             keep = False
             sink.answered = exchange.wrote
             if exchange.plan is None:
-                exchange.status = None
+                exchange.fields = None
                 answer = error_response(500, "the application failed; the error is in the server log",
                                         date=self.dates.now(), server=self.server_header)
                 sink.send_response(answer)
                 sink.answered = len(answer)
-        status = sink.status = exchange.fields[1] if exchange.status is not None else 500  # type: ignore[index]
+        fields = exchange.fields
+        status = sink.status = fields[1] if fields is not None else 500
         if log is not None:
             log.log(env["REMOTE_ADDR"], request.method, request.target, request.version, status,
                     exchange.bytes_sent, time.perf_counter() - started, request.header("referer"),
@@ -237,25 +243,25 @@ class WSGIRunner:
         return keep
 
     @staticmethod
-    def _send_file(wrapper: FileWrapper, exchange: _Exchange, sink: Sink) -> None:
+    def _send_file(wrapper: FileWrapper, exchange: _Exchange, fields: Fields, sink: Sink) -> ResponsePlan:
         """A wsgi.file_wrapper body: sendfile when the file and the sink allow it, else read in blocks."""
         try:
             fd, offset, available = wrapper.region()
-            declared = exchange.fields[3]  # the application's Content-Length, if it gave one
+            declared = fields[3]  # the application's Content-Length, if it gave one
             length = declared if declared is not None else available
             exchange.hint = available
-            if fd >= 0 and length is not None and getattr(sink, "sendfile_ok", False):
+            if fd >= 0 and length is not None and sink.sendfile_ok:
                 plan = exchange.begin(available)
                 if not plan.send_body:
                     sink.send_response(plan.head)
                     exchange.wrote = len(plan.head)
-                    return
+                    return plan
                 exchange.wrote = len(plan.head)  # counted as handed over even if the client leaves midway
                 exchange.bytes_sent = sent = sink.send_file(plan.head, fd, offset, length)
                 exchange.wrote += sent
                 if sent < length:
                     raise ResponseAborted(f"the file ended after {sent} of its {length} bytes")
-                return
+                return plan
             if exchange.request.method != "HEAD":
                 read, size, remaining = wrapper.filelike.read, wrapper.block_size, length
                 while remaining is None or remaining > 0:
@@ -265,21 +271,21 @@ class WSGIRunner:
                     exchange.write(block)
                     if remaining is not None:
                         remaining -= len(block)
-            exchange.finish()
+            return exchange.finish()
         finally:
             close = getattr(wrapper, "close", None)
             if close is not None:
                 close()
 
     @staticmethod
-    def _stream(result: Iterable[bytes], exchange: _Exchange) -> None:
+    def _stream(result: Iterable[bytes], exchange: _Exchange) -> ResponsePlan:
         """Anything but a list: send each piece as it comes, then close the iterable (PEP 3333)."""
         try:
             if exchange.request.method != "HEAD":
                 for data in result:
                     if data:
                         exchange.write(data)
-            exchange.finish()
+            return exchange.finish()
         finally:
             close = getattr(result, "close", None)
             if close is not None:
