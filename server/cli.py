@@ -58,7 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     metrics = None
     if settings.metrics_bind:
-        metrics = Metrics(settings.workers, settings.threads, master=settings.supervised)
+        metrics = Metrics(settings.workers, settings.threads, master=settings.supervised,
+                          max_connections=settings.max_connections)
         try:
             endpoint = metrics.listen(*config.split_host_port(settings.metrics_bind))
         except OSError as exc:

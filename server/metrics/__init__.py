@@ -62,8 +62,9 @@ __all__ = ["Metrics", "ProcessRecorders", "Recorder"]
 class Metrics:
     """One server's metrics: made before any fork, then shared by the master and every worker."""
 
-    def __init__(self, workers: int, threads: int, master: bool | None = None) -> None:
+    def __init__(self, workers: int, threads: int, master: bool | None = None, max_connections: int = 0) -> None:
         self.threads = threads
+        self.max_connections = max_connections  # per process; 0: not reported
         master = workers > 1 if master is None else master  # --master/--reload/--max-requests: even with one
         self.store = SharedStore(2 * workers + 2 if master else 1, threads)
         self.restarts: Callable[[], Mapping[str, int]] = dict  # the master's counts by reason, when it has one
@@ -93,7 +94,8 @@ class Metrics:
         # A dead worker's CPU time moves from /proc to the kernel's total for reaped children, which
         # rounds differently by a clock tick or so: never report less than before.
         self._cpu = values["process_cpu_seconds_total"] = max(self._cpu, values["process_cpu_seconds_total"])
-        return exposition.render(totals, threads=self.threads, restarts=self.restarts(), process=values)
+        return exposition.render(totals, threads=self.threads, restarts=self.restarts(), process=values,
+                                 max_connections=self.max_connections)
 
     # -- the pre-fork master's hooks (see transport.arbiter) ----------------------------------------------
 

@@ -53,8 +53,10 @@ class _Writer:
         self.lines.append(f"{name}{{{labels}}} {_number(value)}" if labels else f"{name} {_number(value)}")
 
 
-def render(totals: Totals, *, threads: int, restarts: Mapping[str, int], process: Mapping[str, float]) -> bytes:
-    """The whole scrape. ``threads`` is per worker; ``restarts`` counts replaced workers by reason."""
+def render(totals: Totals, *, threads: int, restarts: Mapping[str, int], process: Mapping[str, float],
+           max_connections: int = 0) -> bytes:
+    """The whole scrape. ``threads`` is per worker; ``restarts`` counts replaced workers by reason;
+    ``max_connections`` is the per-process --max-connections (0 leaves the limit out)."""
     cells = totals.cells
     out = _Writer()
     p = PREFIX
@@ -89,6 +91,12 @@ def render(totals: Totals, *, threads: int, restarts: Mapping[str, int], process
                "Open client connections: idle ones wait for a next request, active ones have one in progress.")
     out.sample(p + "connections", max(open_connections - idle, 0), 'state="active"')
     out.sample(p + "connections", idle, 'state="idle"')
+    if max_connections:
+        # The limit beside the gauge it bounds, so an alert can say "near the limit" without repeating
+        # the setting: each live worker may hold --max-connections.
+        out.family(p + "connections_limit", "gauge",
+                   "Open connections the server holds before refusing new ones: --max-connections per live worker.")
+        out.sample(p + "connections_limit", max_connections * totals.workers)
     out.family(p + "connections_accepted_total", "counter", "Client connections accepted.")
     out.sample(p + "connections_accepted_total", cells[ACCEPTED])
     out.family(p + "connections_refused_total", "counter",
