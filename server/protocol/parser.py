@@ -125,16 +125,23 @@ _LENGTH_BODY = _State.LENGTH_BODY
 class RequestParser:
     """Turns a byte stream into ``Request`` objects, one complete request at a time."""
 
-    __slots__ = ("_body", "_buf", "_changed", "_continue_due", "_empty_lines", "_first_blocks", "_known_lines",
-                 "_last_block", "_last_fields", "_last_lines", "_limits", "_pending", "_remaining", "_scan_from",
-                 "_shape", "_shapes_left", "_state", "_trailer_bytes", "_trailer_count")
+    __slots__ = ("_body", "_buf", "_changed", "_checked", "_continue_due", "_empty_lines", "_first_blocks",
+                 "_known_lines", "_last_block", "_last_eol", "_last_fields", "_last_lines", "_limits", "_line_end",
+                 "_pending", "_remaining", "_scan_from", "_shape", "_shapes_left", "_state", "_trailer_bytes",
+                 "_trailer_count")
 
     def __init__(self, limits: Limits | None = None, first_blocks: FirstBlocks | None = None) -> None:
         """``first_blocks``: a memo shared by the parsers of one server, all with these ``limits``."""
         self._limits = limits or Limits()
         self._first_blocks = first_blocks
         self._buf = bytearray()
-        self._scan_from = 0
+        # While a head (or a chunk-size or trailer line) is incomplete, what the buffer was already
+        # searched for: each arrival is checked from where the last one stopped, so a client that
+        # drips its head a byte at a time costs CPU in proportion to the bytes it sends, not their square.
+        self._scan_from = 0  # where the search for the end of the head (or of a body line) resumes
+        self._checked = 0  # bytes at the buffer's start already checked for bare CR/LF and line lengths
+        self._line_end = -1  # where the request line ends, once its CRLF has come
+        self._last_eol = -1  # where the last CRLF of the incomplete head starts
         self._state = _State.HEAD
         self._pending: Request | None = None
         self._body = bytearray()
@@ -174,7 +181,10 @@ class RequestParser:
     def phase(self) -> Phase:
         if self._state is _State.HEAD:
             buf = self._buf
-            return Phase.HEAD if buf and buf.strip(b"\r\n") else Phase.IDLE
+            # After next_request only a lone CR can start the buffer; strip (a copy) only then.
+            if not buf or (buf[0] in b"\r\n" and not buf.strip(b"\r\n")):
+                return Phase.IDLE
+            return Phase.HEAD
         return Phase.BODY
 
     @property
@@ -211,6 +221,9 @@ class RequestParser:
             self._check_incomplete_head()
             self._scan_from = max(0, len(buf) - 3)
             return None
+        if self._checked:
+            self._checked = 0
+            self._line_end = self._last_eol = -1
         if end + 4 == len(buf):  # the usual case: the buffer holds exactly this head
             text = buf.decode("latin-1")
             buf.clear()
@@ -262,22 +275,37 @@ class RequestParser:
             self._empty_lines += 1
             if self._empty_lines > self._limits.max_leading_empty_lines:
                 raise ProtocolError(400, "too many empty lines before the request line")
-        self._scan_from = 0
+        self._scan_from = self._checked = 0  # the buffer's start moved: check it from the start
+        self._line_end = self._last_eol = -1
 
     def _check_incomplete_head(self) -> None:
-        """Reject early what can never become a valid head, instead of waiting for a timeout."""
+        """Reject early what can never become a valid head, instead of waiting for a timeout.
+
+        Only the bytes that came since the last call are searched (and the one before them: a CR
+        that ended the last arrival is judged by the byte after it), so the cost of a head is
+        linear in its size however finely it is split.
+        """
         buf = self._buf
         limits = self._limits
-        line_end = buf.find(b"\r\n")
-        if (line_end < 0 and len(buf) > limits.max_request_line) or line_end > limits.max_request_line:
+        size = len(buf)
+        resume = self._checked - 1 if self._checked else 0
+        line_end = self._line_end
+        if line_end < 0:
+            line_end = self._line_end = buf.find(b"\r\n", resume)
+        if (line_end < 0 and size > limits.max_request_line) or line_end > limits.max_request_line:
             raise ProtocolError(414, f"request line is longer than {limits.max_request_line} bytes")
-        if len(buf) > limits.max_headers_total:
+        if size > limits.max_headers_total:
             raise ProtocolError(431, f"request head is larger than {limits.max_headers_total} bytes")
-        if _BARE_EOL.search(buf):
+        if _BARE_EOL.search(buf, resume):  # the look-behind sees the byte before ``resume`` too
             raise ProtocolError(400, "lines must end with CRLF; a bare CR or LF was received")
-        last_eol = buf.rfind(b"\r\n")
-        if line_end >= 0 and len(buf) - last_eol - 2 > limits.max_header_size:
+        last_eol = buf.rfind(b"\r\n", resume)
+        if last_eol < 0:
+            last_eol = self._last_eol
+        else:
+            self._last_eol = last_eol
+        if line_end >= 0 and size - last_eol - 2 > limits.max_header_size:
             raise ProtocolError(431, f"a header field is longer than {limits.max_header_size} bytes")
+        self._checked = size
 
     def _facts_by_difference(self, lines: list[str]) -> _FieldFacts | None:
         """The last block's facts with only its changed lines read again, or None to read them all.
@@ -549,17 +577,21 @@ class RequestParser:
     def _take_line(self, limit: int, status: int, what: str) -> bytes | None:
         """One CRLF-ended line off the buffer (without its CRLF), or None until it has all arrived."""
         buf = self._buf
-        end = buf.find(b"\r\n")
+        resume = self._scan_from  # searched up to here by the last call (an unfinished line)
+        end = buf.find(b"\r\n", resume)
         if end < 0:
-            if len(buf) > limit:
+            size = len(buf)
+            if size > limit:
                 raise ProtocolError(status, f"{what} is longer than {limit} bytes")
-            if b"\n" in buf or b"\r" in buf[:-1]:
+            if buf.find(b"\n", resume) >= 0 or buf.find(b"\r", resume, size - 1) >= 0:
                 raise ProtocolError(400, f"{what} must end with CRLF")
+            self._scan_from = max(0, size - 1)  # a CR at the end may yet be followed by its LF
             return None
         if end > limit:
             raise ProtocolError(status, f"{what} is longer than {limit} bytes")
         line = bytes(buf[:end])
         del buf[: end + 2]
+        self._scan_from = 0
         return line
 
 

@@ -1,0 +1,167 @@
+"""A head dripped a byte at a time costs CPU in proportion to its size (issue 25, finding 1).
+
+Each arrival of a piece of an incomplete head is checked from where the last check stopped; before,
+the whole buffer was searched again, so a 16 KB head cost four times an 8 KB one, not two. The tests
+double the head and compare the CPU time it cost: in process (the parser's thread time) and over a
+real socket, plain and TLS, where a client with TCP_NODELAY sends one byte per segment and the
+server's CPU time is read from /proc.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import statistics
+import struct
+import time
+
+import pytest
+from conftest import both_listeners
+
+from server.protocol import Limits, Phase, RequestParser
+
+BOUND = 2.6  # doubling the bytes sent may cost at most this much more CPU (quadratic would be 4x)
+
+
+def dripped_head(fields: int) -> bytes:
+    """A GET with ``fields`` header lines of 190 bytes each."""
+    lines = [b"X-Drip-%03d: %s\r\n" % (i, b"v" * 176) for i in range(fields)]
+    assert all(len(line) == 190 for line in lines)
+    return b"GET /add/2/3 HTTP/1.1\r\nHost: drip\r\n" + b"".join(lines) + b"\r\n"
+
+
+def parse_byte_by_byte(data: bytes) -> float:
+    """Thread CPU seconds spent feeding ``data`` one byte at a time, as the transport would."""
+    parser = RequestParser(Limits())
+    request = None
+    started = time.thread_time()
+    for i in range(len(data)):
+        parser.feed(data[i:i + 1])
+        request = parser.next_request()
+        assert parser.phase is (Phase.IDLE if request is not None else Phase.HEAD)
+    spent = time.thread_time() - started
+    assert request is not None and request.path == "/add/2/3"
+    return spent
+
+
+def test_dripped_head_costs_the_parser_cpu_linear_in_its_size():
+    # 8 KB and 16 KB heads, each the median of five runs.
+    small = statistics.median(parse_byte_by_byte(dripped_head(40)) for _ in range(5))
+    large = statistics.median(parse_byte_by_byte(dripped_head(80)) for _ in range(5))
+    print(f"parser, byte by byte: 8 KB head {small * 1000:.1f} ms, 16 KB head {large * 1000:.1f} ms, "
+          f"ratio {large / small:.2f}")
+    assert large / small < BOUND
+
+
+@pytest.mark.parametrize("data", [
+    b"GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\n\r\n",
+    b"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+])
+def test_dripped_head_parses_as_the_whole_one(data):
+    whole = RequestParser(Limits())
+    whole.feed(data)
+    expected = whole.next_request()
+    dripped = RequestParser(Limits())
+    got = None
+    for i in range(len(data)):
+        dripped.feed(data[i:i + 1])
+        got = dripped.next_request() or got
+    assert expected is not None and got == expected
+
+
+@pytest.mark.parametrize(("data", "status", "detail"), [
+    (b"GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\rmore", 400, "bare CR or LF"),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nX: 1\nmore", 400, "bare CR or LF"),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"v" * 9000, 431, "header field is longer"),
+    (b"GET /" + b"a" * 9000, 414, "request line is longer"),
+    (b"GET / HTTP/1.1\r\n" + b"X-Long: " + b"v" * 8000 + b"\r\n" + b"Y: " + b"w" * 8200, 431, "header field"),
+])
+def test_dripped_bad_head_is_refused_as_the_whole_one(data, status, detail):
+    """The resumed checks find what the full ones found, at the byte where they found it."""
+    from server.protocol import ProtocolError
+
+    whole = RequestParser(Limits())
+    whole.feed(data)
+    with pytest.raises(ProtocolError) as refused:
+        whole.next_request()
+    assert refused.value.status == status and detail in refused.value.detail
+    dripped = RequestParser(Limits())
+    with pytest.raises(ProtocolError) as dripped_error:
+        for i in range(len(data)):
+            dripped.feed(data[i:i + 1])
+            dripped.next_request()
+    assert (dripped_error.value.status, dripped_error.value.detail) == (status, refused.value.detail)
+
+
+def process_cpu(pid: int) -> float:
+    """User plus system CPU seconds of a process, from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class ReceiveQueue:
+    """How many bytes the server side of a loopback TCP connection has received but not read yet.
+
+    Asked of the kernel by sock_diag netlink (an exact lookup, about 10 us); /proc/net/tcp lists every
+    socket on the machine and takes milliseconds to read.
+    """
+
+    def __init__(self, server: tuple[str, int], client: tuple[str, int]) -> None:
+        sockid = struct.pack("!HH16s16s", server[1], client[1], socket.inet_aton(server[0]) + bytes(12),
+                             socket.inet_aton(client[0]) + bytes(12))
+        sockid += struct.pack("=III", 0, 0xFFFFFFFF, 0xFFFFFFFF)  # any interface, no cookie
+        request = struct.pack("=BBBBI", socket.AF_INET, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF) + sockid
+        self._message = struct.pack("=IHHII", 16 + len(request), _SOCK_DIAG_BY_FAMILY, 1, 0, 0) + request
+        self._netlink = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG)
+
+    def unread(self) -> int:
+        self._netlink.send(self._message)
+        answer = self._netlink.recv(65536)
+        kind = struct.unpack_from("=H", answer, 4)[0]
+        assert kind == _SOCK_DIAG_BY_FAMILY, f"sock_diag answered message type {kind}"
+        return struct.unpack_from("=I", answer, _RQUEUE_AT)[0]
+
+    def close(self) -> None:
+        self._netlink.close()
+
+
+_NETLINK_SOCK_DIAG = 4
+_SOCK_DIAG_BY_FAMILY = 20
+_RQUEUE_AT = 16 + 4 + 48 + 4  # netlink header, inet_diag_msg's family..retrans, its socket id, expires
+
+
+def drip_cost(server, data: bytes) -> float:
+    """Server CPU seconds spent while a client sends ``data`` one byte per TCP segment, then reads the answer.
+
+    Each byte is sent once the server has read the one before (its receive queue is empty), so
+    every byte is an arrival of its own, as from a client far away, and none are read together.
+    """
+    client = server.connect(timeout=30)
+    queue = ReceiveQueue(client.sock.getpeername(), client.sock.getsockname())
+    try:
+        client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        before = process_cpu(server.proc.pid)
+        for i in range(len(data)):
+            client.sock.sendall(data[i:i + 1])
+            while queue.unread():
+                pass
+        status, _, body = client.read_response(timeout=30)
+        spent = process_cpu(server.proc.pid) - before
+    finally:
+        queue.close()
+        client.close()
+    assert (status, body) == (200, b"5")
+    return spent
+
+
+@both_listeners
+def test_dripped_head_costs_the_server_cpu_linear_in_its_size(server_factory, listener_kind):
+    server = server_factory("--no-access-log", "--threads", "2")
+    drip_cost(server, dripped_head(10))  # warm up: imports, first-request paths
+    small = [drip_cost(server, dripped_head(40)) for _ in range(3)]
+    large = [drip_cost(server, dripped_head(80)) for _ in range(3)]
+    ratio = statistics.median(large) / statistics.median(small)
+    print(f"{listener_kind}: server CPU for a head sent a byte per segment: 7.6 KB {statistics.median(small):.3f} s, "
+          f"15.2 KB {statistics.median(large):.3f} s, ratio {ratio:.2f}")
+    assert ratio < BOUND
