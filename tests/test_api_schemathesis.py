@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import fetch, get
+from harness import fetch, get
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 import urllib3
-from conftest import ROOT, RawClient, proc_children, start_server, wait_until
+from harness import ROOT, RawClient, proc_children, start_server, wait_until
 
 pytestmark = pytest.mark.slow
 

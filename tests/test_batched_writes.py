@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from conftest import RawClient, both_listeners, get
+from harness import RawClient, both_listeners, get
 
 from server.protocol import RequestParser
 from server.transport.connection import HOLD_LIMIT, Connection

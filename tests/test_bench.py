@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, require_tool
+from harness import ROOT, require_tool
 
 sys.path.insert(0, str(ROOT))
 from loadtest.bench.main import ALL_SERVERS, parse_args, partial_reasons

@@ -14,7 +14,7 @@ from urllib.parse import urljoin
 
 import pytest
 import requests
-from conftest import ServerProcess
+from harness import ServerProcess
 
 pytestmark = pytest.mark.usefixtures("calc_server")
 

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import requests
-from conftest import ROOT
+from harness import ROOT
 
 from server import config
 

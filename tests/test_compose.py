@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import IN_CI, ROOT, require_tool, wait_until
-from conftest import fetch as http_fetch
+from harness import IN_CI, ROOT, require_tool, wait_until
+from harness import fetch as http_fetch
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 

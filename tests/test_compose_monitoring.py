@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from conftest import ROOT, require_tool
+from harness import ROOT, require_tool
 from test_compose import (
     Stack,
     compose_command,

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, require_tool
+from harness import ROOT, require_tool
 
 from server import config
 from server.calculator import openapi

@@ -13,7 +13,7 @@ import signal
 import socket
 
 import pytest
-from conftest import get
+from harness import get
 
 DRAINING_LINE = r"server: draining for [\d.]+ s"
 

@@ -11,7 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import RawClient, both_listeners, get
+from harness import RawClient, both_listeners, get
 
 GET = b"GET %s HTTP/1.1\r\nHost: test\r\n\r\n"
 

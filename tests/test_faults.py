@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from conftest import proc_children, wait_until
+from harness import proc_children, wait_until
 
 
 @dataclass

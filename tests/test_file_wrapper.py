@@ -18,7 +18,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from conftest import RawClient, both_listeners, get, wait_until
+from harness import RawClient, both_listeners, get, wait_until
 
 SIZE = 6 * 1024 * 1024 + 12345  # several MiB, not a multiple of any block size
 

@@ -26,7 +26,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import RawClient, proc_fds, proc_threads, wait_until
+from harness import RawClient, proc_fds, proc_threads, wait_until
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 

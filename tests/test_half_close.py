@@ -14,7 +14,7 @@ import signal
 import socket
 
 import pytest
-from conftest import RawClient, both_listeners, get, proc_fds, wait_until
+from harness import RawClient, both_listeners, get, proc_fds, wait_until
 
 
 def _answers_then_close(client: RawClient, count: int, timeout: float = 5.0) -> list[tuple[int, bytes]]:

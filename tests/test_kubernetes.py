@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import NGINX_DEFAULTS, NGINX_TEMPLATE, ROOT, fetch, require_tool
+from harness import NGINX_DEFAULTS, NGINX_TEMPLATE, ROOT, fetch, require_tool
 
 from server.config import OPTIONS
 

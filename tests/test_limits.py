@@ -19,7 +19,7 @@ import threading
 import time
 
 import pytest
-from conftest import RawClient, proc_fds, wait_until
+from harness import RawClient, proc_fds, wait_until
 
 from server import config
 
@@ -168,7 +168,7 @@ def test_calc_accepts_small_bodies_only(calc_server):
 @pytest.fixture(scope="module")
 def tight(request):
     """A server with small limits, some set by flag, some by environment variable."""
-    from conftest import start_server
+    from harness import start_server
 
     server = start_server("--app", "apps:echo", "--no-access-log", "--max-request-line", "100",
                           "--max-header-count", "5", "--max-header-size", "200", "--max-body-size", "50",

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, RawClient, get, require_tool
+from harness import ROOT, RawClient, get, require_tool
 
 # Puts the descriptors named in argv[1] at 3, 4, ... and execs the server with LISTEN_PID naming itself:
 # what systemd does between fork and exec. Server arguments follow.

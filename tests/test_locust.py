@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import ROOT, ServerProcess
+from harness import ROOT, ServerProcess
 
 LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
 PATH_NAMES = ("/add/[a]/[b]", "/sub/[a]/[b]", "/mult/[a]/[b]", "/div/[a]/[b]")

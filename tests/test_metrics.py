@@ -15,7 +15,7 @@ import time
 from collections import Counter
 
 import pytest
-from conftest import RawClient, fetch, proc_children, wait_until
+from harness import RawClient, fetch, proc_children, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 from test_cli import run_cli
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import NGINX_DEFAULTS, NGINX_TEMPLATE, ROOT, RawClient, fetch, wait_until
+from harness import NGINX_DEFAULTS, NGINX_TEMPLATE, ROOT, RawClient, fetch, wait_until
 
 pytestmark = pytest.mark.nginx
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import h11
 import pytest
-from conftest import ROOT
+from harness import ROOT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_fuzz import BASES, framing_head, mutated, valid_request

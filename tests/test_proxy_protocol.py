@@ -13,7 +13,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import RawClient, get, require_tool, wait_until
+from harness import RawClient, get, require_tool, wait_until
 
 V1 = b"PROXY TCP4 192.0.2.10 198.51.100.7 56324 443\r\n"
 V2 = (b"\x0d\x0a\x0d\x0a\x00\x0d\x0a\x51\x55\x49\x54\x0a\x21\x11\x00\x0c"

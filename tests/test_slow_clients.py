@@ -18,7 +18,7 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import proc_fds, proc_threads, wait_until
+from harness import proc_fds, proc_threads, wait_until
 
 HEALTH = b"GET /healthz HTTP/1.1\r\nHost: slow.example\r\n\r\n"
 

@@ -20,7 +20,7 @@ import time
 import warnings
 
 import pytest
-from conftest import RawClient, get, proc_threads, wait_until
+from harness import RawClient, get, proc_threads, wait_until
 
 
 @pytest.fixture
@@ -194,7 +194,7 @@ def test_encrypted_key_with_a_password_file_and_bad_tls_settings(server_factory,
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from harness import ROOT
 
     password.write_text("wrong\n")
     cases = [

@@ -27,7 +27,7 @@ import struct
 import time
 from dataclasses import dataclass, field
 
-from conftest import RawClient, get, proc_fds, proc_threads, wait_until
+from harness import RawClient, get, proc_fds, proc_threads, wait_until
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test

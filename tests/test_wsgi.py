@@ -6,7 +6,7 @@ import json
 
 import pytest
 import requests
-from conftest import RawClient
+from harness import RawClient
 
 pytest.importorskip("flask")
 pytest.importorskip("django")

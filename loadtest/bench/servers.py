@@ -218,7 +218,7 @@ class Servers:
     def start_template_proxy(self, up: Target) -> Target:
         """The project's own nginx/templates/default.conf.template in front of ``up``.
 
-        Rendered the way envsubst does in the images (and tests/conftest.py natively): request ids,
+        Rendered the way envsubst does in the images (and tests/harness/nginx.py natively): request ids,
         the JSON access log (to /dev/null here: formatted and written per request, not kept), the
         rate-limit zone. Only the rate is raised, so that one benchmarking client is not answered 429.
         """

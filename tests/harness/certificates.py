@@ -1,0 +1,101 @@
+"""TLS for the tests: a throw-away CA, server and client certificates made with the cryptography package."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class TLSFiles:
+    """PEM files of a throw-away CA, a server certificate for localhost/127.0.0.1/::1 and a client certificate."""
+
+    directory: Path
+    ca_cert: Path
+    ca_key: object
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+    def client_context(self, with_cert: bool = False) -> ssl.SSLContext:
+        """A client context that trusts the test CA (and presents the client certificate if asked)."""
+        context = ssl.create_default_context(cafile=str(self.ca_cert))
+        if with_cert:
+            context.load_cert_chain(str(self.client_cert), str(self.client_key))
+        return context
+
+    def issue(self, name: str, common_name: str, *, server: bool = True, password: bytes | None = None
+              ) -> tuple[Path, Path]:
+        """A new certificate signed by the test CA (fresh key, fresh serial): (cert path, key path)."""
+        return _issue(self.directory, name, common_name, self.ca_cert, self.ca_key, server=server,
+                      password=password)
+
+
+def _new_key():
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return ec.generate_private_key(ec.SECP256R1())  # ECDSA: fast handshakes on a busy test machine
+
+
+def _write_key(path: Path, key, password: bytes | None = None) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    encryption = (serialization.BestAvailableEncryption(password) if password
+                  else serialization.NoEncryption())
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption))
+
+
+def _issue(directory: Path, name: str, common_name: str, ca_cert_path: Path | None, ca_key, *,
+           server: bool = True, password: bytes | None = None) -> tuple[Path, Path]:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = _new_key()
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "calc tests"),
+                         x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.UTC)
+    if ca_cert_path is None:  # the CA itself
+        issuer, signing_key = subject, key
+    else:
+        ca_cert = x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
+        issuer, signing_key = ca_cert.subject, ca_key
+    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(key.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5))
+               .not_valid_after(now + datetime.timedelta(days=2)))
+    if ca_cert_path is None:
+        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        builder = builder.add_extension(x509.KeyUsage(
+            digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
+            key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False),
+            critical=True)
+    else:
+        builder = builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        if server:
+            builder = builder.add_extension(x509.SubjectAlternativeName([
+                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                x509.IPAddress(ipaddress.ip_address("::1"))]), critical=False)
+    certificate = builder.sign(signing_key, hashes.SHA256())
+    cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    _write_key(key_path, key, password)
+    return cert_path, key_path
+
+
+def make_tls_files(directory: Path) -> TLSFiles:
+    """In ``directory``: a CA, and a server (CN localhost) and a client certificate (CN alice) it signed."""
+    from cryptography.hazmat.primitives import serialization
+
+    ca_cert, ca_key_path = _issue(directory, "ca", "calc test CA", None, None)
+    ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
+    server_cert, server_key = _issue(directory, "server", "localhost", ca_cert, ca_key)
+    client_cert, client_key = _issue(directory, "client", "alice", ca_cert, ca_key, server=False)
+    return TLSFiles(directory, ca_cert, ca_key, server_cert, server_key, client_cert, client_key)

@@ -1,0 +1,29 @@
+"""Process inspection through Linux /proc: worker pids, and leak checks of threads and descriptors."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+
+def proc_threads(pid: int) -> int:
+    """Threads of a process, from the Threads: line of /proc/<pid>/status."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no Threads line for pid {pid}")
+
+
+def proc_fds(pid: int) -> int:
+    """Open file descriptors of a process."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def proc_children(pid: int) -> set[int]:
+    """Direct children of a process (all its threads' children)."""
+    children: set[int] = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(FileNotFoundError):
+            children.update(int(p) for p in Path(f"/proc/{pid}/task/{task}/children").read_text().split())
+    return children
