@@ -138,13 +138,15 @@ def test_default_command_serves_the_calculator_on_8000():
 @pytest.mark.slow
 def test_scripts_test_makes_and_reuses_its_own_virtual_environment(tmp_path):
     """scripts/test installs nothing into the system's Python (Debian's refuses, PEP 668): it makes
-    .venv-test/ (again, when one without pip is in the way), runs ruff and pytest from there, and
+    .venv-test/ (again, when one without pip is in the way), runs ruff, mypy and pytest from there, and
     reinstalls only when the requirements change."""
     shutil.copytree(ROOT / "scripts" / "lib", tmp_path / "scripts" / "lib")
     shutil.copy(ROOT / "scripts" / "test", tmp_path / "scripts" / "test")
-    (tmp_path / "requirements-test.txt").write_text("pytest>=8\nruff>=0.5\n")
+    requirements = "pytest>=8\nruff>=0.5\nmypy>=1.10\n"
+    (tmp_path / "requirements-test.txt").write_text(requirements)
+    (tmp_path / "pyproject.toml").write_text('[tool.mypy]\nfiles = ["test_where.py"]\nstrict = true\n')
     (tmp_path / "test_where.py").write_text(
-        "import sys\n\n\ndef test_where():\n    print('PREFIX', sys.prefix)\n")
+        "import sys\n\n\ndef test_where() -> None:\n    print('PREFIX', sys.prefix)\n")
     env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "PYTHONPATH"}}
     env["PYTHON"] = sys.executable if sys.prefix == sys.base_prefix else shutil.which("python3") or "python3"
 
@@ -159,8 +161,9 @@ def test_scripts_test_makes_and_reuses_its_own_virtual_environment(tmp_path):
     assert "making the environment" in first.stderr
     assert f"PREFIX {tmp_path / '.venv-test'}" in first.stdout
     assert "installing requirements-test.txt" in first.stderr
+    assert "Success: no issues found in 1 source file" in first.stdout  # mypy ran, with the project's settings
     second = run()
     assert second.returncode == 0 and "installing" not in second.stderr
-    (tmp_path / "requirements-test.txt").write_text("pytest>=8\nruff>=0.5\n# changed\n")
+    (tmp_path / "requirements-test.txt").write_text(requirements + "# changed\n")
     third = run()
     assert third.returncode == 0 and "installing requirements-test.txt" in third.stderr
