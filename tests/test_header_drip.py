@@ -16,7 +16,7 @@ import struct
 import time
 
 import pytest
-from conftest import both_listeners
+from harness import both_listeners
 
 from server.protocol import Limits, Phase, RequestParser
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, fetch, require_tool, wait_until
+from harness import ROOT, fetch, require_tool, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 RULES = ROOT / "monitoring" / "rules"
