@@ -69,6 +69,20 @@ SMUGGLING = [
     ("cl-empty", _post(b"Content-Length: \r\n", JSON), 400),
     ("cl-arabic-digits", _post("Content-Length: \u0663\u0660\r\n".encode(), JSON), 400),
     ("cl-overflow", _post(b"Content-Length: 99999999999999999999999999\r\n", JSON), 413),
+    ("cl-overflow-after-zeros", _post(b"Content-Length: 0000099999999999999999999\r\n", JSON), 413),
+    # RFC 9110 5.3: a field defined with one value may appear once (issue 25, finding 9).
+    ("content-type-twice", _post(b"Content-Type: text/plain\r\nContent-Length: 30\r\n", JSON), 400),
+    ("authorization-twice", _post(b"Authorization: Basic YTpi\r\nAuthorization: Basic Yzpk\r\n"
+                                  b"Content-Length: 30\r\n", JSON), 400),
+    ("user-agent-twice", b"GET /add/1/2 HTTP/1.1\r\n" + HOST + b"User-Agent: a\r\nUser-Agent: b\r\n\r\n", 400),
+    ("host-twice-equal", b"GET /add/1/2 HTTP/1.1\r\n" + HOST + HOST + b"\r\n", 400),
+    # RFC 9110 6.5.1: a trailer must not carry what frames, routes or describes the content.
+    ("trailer-content-length", _chunked(b"1e\r\n" + JSON + b"\r\n0\r\nContent-Length: 30\r\n\r\n"), 400),
+    ("trailer-transfer-encoding", _chunked(b"1e\r\n" + JSON + b"\r\n0\r\nTransfer-Encoding: chunked\r\n\r\n"),
+     400),
+    ("trailer-host", _chunked(b"1e\r\n" + JSON + b"\r\n0\r\nHost: other.example\r\n\r\n"), 400),
+    ("trailer-content-type", _chunked(b"1e\r\n" + JSON + b"\r\n0\r\nX-T: 1\r\nContent-Type: text/plain\r\n\r\n"),
+     400),
     # Chunk sizes: hex digits only, no sign, prefix, separator or padding.
     ("chunk-plus-sign", _chunked(b"+1e\r\n" + JSON + b"\r\n0\r\n\r\n"), 400),
     ("chunk-minus-sign", _chunked(b"-1\r\n" + JSON + b"\r\n0\r\n\r\n"), 400),
@@ -207,6 +221,8 @@ def test_the_appended_request_alone_is_answered(calc_server):
     pytest.param(b"GET /add/1/2 HTTP/1.1\r\nHost:calc.example\r\nX:\t v \t\r\n\r\n", id="optional-whitespace"),
     pytest.param(b"\r\nGET /add/1/2 HTTP/1.1\r\n" + HOST + b"\r\n", id="one-leading-empty-line"),
     pytest.param(_post(b"Content-Length:  30 \r\n", JSON), id="cl-with-ows"),
+    pytest.param(_post(b"Content-Length: 0000000000000000000030\r\n", JSON), id="cl-leading-zeros"),
+    pytest.param(b"GET /add/1/2 HTTP/1.1\r\n" + HOST + b"Cookie: a=1\r\nCookie: b=2\r\n\r\n", id="cookie-twice"),
     pytest.param(_chunked(b"01E;ext=1;q=\"a b\"\r\n" + JSON + b"\r\n0\r\nX-Trailer: t\r\n\r\n"), id="chunk-with-ext"),
     pytest.param(_post(b"Transfer-Encoding: Chunked\r\n", b"1e\r\n" + JSON + b"\r\n0\r\n\r\n"), id="te-case"),
 ])

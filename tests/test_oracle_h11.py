@@ -157,6 +157,14 @@ DIFFERENCES = [
                "values agree, or rejected; we reject, h11 accepts identical values",
                lambda data, message: _ours_says("more than one Content-Length", "Content-Length must be decimal")(
                    message)),
+    Difference("repeated-singleton-field", "ours",
+               "RFC 9110 5.3: a field defined with a single value (Host, Content-Type, Authorization, ...) cannot "
+               "be combined from two lines; we answer 400 to a repeat as nginx does for several, h11 keeps both",
+               lambda data, message: _ours_says("more than one Host", "it takes a single value")(message)),
+    Difference("forbidden-trailer-field", "ours",
+               "RFC 9110 6.5.1: fields that frame, route or describe the content are not to be sent in a "
+               "trailer section; we answer 400 rather than drop them unseen, h11 accepts any trailer",
+               lambda data, message: _ours_says("is not allowed in a chunked trailer")(message)),
     Difference("content-length-with-chunked", "ours",
                "RFC 9112 6.1: a server MAY reject a request with both Content-Length and Transfer-Encoding; "
                "we do (the classic smuggling shape), h11 lets chunked win",
@@ -249,6 +257,9 @@ EXAMPLES = {
     "connect": b"CONNECT a.example:443 HTTP/1.1\r\nHost: a\r\n\r\n",
     "expectation": b"GET / HTTP/1.1\r\nHost: a\r\nExpect: magic\r\n\r\n",
     "content-length-list": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1, 1\r\n\r\nx",
+    "repeated-singleton-field": b"GET / HTTP/1.1\r\nHost: a\r\nContent-Type: a/b\r\nContent-Type: a/b\r\n\r\n",
+    "forbidden-trailer-field": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n"
+                               b"Content-Length: 1\r\n\r\n",
     "content-length-with-chunked": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
                                    b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
     "chunked-in-http10": b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",

@@ -46,6 +46,26 @@ _HOST_TEXT = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:\[\]%]*")
 _ABSOLUTE_TEXT = re.compile(r"([A-Za-z][A-Za-z0-9+\-.]*+)://([^/?#]*+)([^?#]*+)(?:\?([^#]*+))?")
 _BARE_EOL = re.compile(rb"\r(?!\n|\Z)|(?<!\r)\n")
 _FRAMING_FIELDS = frozenset({"host", "content-length", "transfer-encoding", "connection", "expect"})
+# Request fields that RFC 9110 defines as one value, not a comma-separated list, so a second line
+# cannot be combined with the first (RFC 9110 5.3): two of them means two parsers may each pick a
+# different one. Host and Content-Length are counted with the framing fields; these are the rest of
+# RFC 9110's singleton request fields (nginx refuses a repeated Host, Content-Length, Authorization,
+# If-Modified-Since, If-Unmodified-Since, If-Range, Transfer-Encoding; h11 a differing Content-Length).
+# Cookie is left out on purpose: it is joined with "; " (RFC 6265 5.4), as the environ does.
+_SINGLETON_FIELDS = frozenset({
+    "content-type", "authorization", "proxy-authorization", "content-location", "content-range",
+    "if-modified-since", "if-unmodified-since", "if-range", "range", "max-forwards", "date", "from",
+    "referer", "user-agent"})
+_CHECKED_FIELDS = _FRAMING_FIELDS | _SINGLETON_FIELDS
+# Fields a chunked body's trailer section must not carry (RFC 9110 6.5.1): their meaning is needed
+# before the content (framing, routing, authentication, request modifiers, the content's format and
+# handling), so a trailer holding one is answered 400 rather than dropped in silence.
+_FORBIDDEN_TRAILERS = frozenset(name.encode() for name in {
+    "transfer-encoding", "content-length", "trailer", "host", "connection", "keep-alive", "upgrade",
+    "proxy-connection", "te", "expect", "max-forwards", "cache-control", "pragma", "range", "if-match",
+    "if-none-match", "if-modified-since", "if-unmodified-since", "if-range", "authorization",
+    "proxy-authorization", "cookie", "content-type", "content-encoding", "content-range",
+    "content-location", "content-language"})
 _KNOWN_CODINGS = frozenset({"gzip", "x-gzip", "deflate", "compress", "x-compress", "identity"})
 
 
@@ -87,10 +107,18 @@ def _field_facts(headers: list[tuple[str, str]]) -> _FieldFacts:
     raw_length = ""
     codings: list[str] | None = None
     close = keep_alive_token = expect = False
+    singletons: set[str] | None = None
     for name, value in headers:
-        if name not in _FRAMING_FIELDS:
+        if name not in _CHECKED_FIELDS:
             continue
-        if name == "host":
+        if name in _SINGLETON_FIELDS:
+            if singletons is None:
+                singletons = {name}
+            elif name in singletons:
+                raise ProtocolError(400, f"more than one {name} header; it takes a single value (RFC 9110 5.3)")
+            else:
+                singletons.add(name)
+        elif name == "host":
             host_count += 1
             if value not in _good_hosts:
                 _check_host(value)
@@ -342,8 +370,8 @@ class RequestParser:
                 lower = name.lower()
                 if len(names) < _FIELD_NAMES_LIMIT:
                     names[name] = lower
-            if lower in _FRAMING_FIELDS or headers[i][0] in _FRAMING_FIELDS:
-                framing = True
+            if lower in _FRAMING_FIELDS or lower != headers[i][0]:
+                framing = True  # a framing value, or a name that changed (a singleton may now repeat)
             headers[i] = (lower, value.strip(" \t"))
         if framing:
             return _field_facts(headers)
@@ -501,7 +529,8 @@ class RequestParser:
                 raise ProtocolError(400, "more than one Content-Length header")
             if not raw_length.isdigit() or not raw_length.isascii():
                 raise ProtocolError(400, f"Content-Length must be decimal digits, got {raw_length[:40]!r}")
-            length = int(raw_length) if len(raw_length) <= 18 else limits.max_body_size + 1
+            # Leading zeros add nothing (RFC 9110 8.6: 1*DIGIT); only the significant digits are bounded.
+            length = int(raw_length) if len(raw_length.lstrip("0")) <= 18 else limits.max_body_size + 1
             if length > limits.max_body_size:
                 raise ProtocolError(413, f"request body is larger than {limits.max_body_size} bytes")
 
@@ -571,8 +600,13 @@ class RequestParser:
                 self._trailer_bytes += len(line)
                 if self._trailer_count > limits.max_header_count or self._trailer_bytes > limits.max_headers_total:
                     raise ProtocolError(431, "too many or too large trailer fields")
-                if _FIELD.fullmatch(line) is None:
+                field = _FIELD.fullmatch(line)
+                if field is None:
                     raise field_error(line, kind="trailer")
+                name = field.group(1).lower()
+                if name in _FORBIDDEN_TRAILERS:
+                    raise ProtocolError(400, f"{name.decode('latin-1')} is not allowed in a chunked trailer: it "
+                                             "must come in the header section, before the body (RFC 9110 6.5.1)")
 
     def _take_line(self, limit: int, status: int, what: str) -> bytes | None:
         """One CRLF-ended line off the buffer (without its CRLF), or None until it has all arrived."""
