@@ -29,6 +29,21 @@ until the next reload.
 Signals (docs/signals.md has the table): HUP reload, TTIN/TTOU one worker more
 or fewer, USR1 reopen log files (passed on to the workers), TERM/INT graceful
 shutdown, QUIT fast shutdown.
+
+Who touches what: an ``Arbiter`` and everything it holds belong to the master
+process's main thread. Signal handlers run on that thread too (Python runs
+them between two bytecodes of the main thread) and only append to
+``_signals``; the loop takes them off at the top of each round. The one
+exception is ``restarts``, which the metrics endpoint reads from its own
+thread: every key exists from the start and the main thread only ever stores
+a new count under an existing key, so a reader sees a count (recent or just
+replaced), never a dict that changes size under it.
+
+The operating system is behind one small interface, ``WorkerProcesses``:
+start a worker, signal one, reap the exited ones. ``ForkedWorkers`` is the
+real one (fork, kill, waitpid); the unit tests (tests/test_arbiter_unit.py)
+give the arbiter fake workers instead, and every decision takes ``now`` as an
+argument, so the reconciliation runs in-process on a clock the test sets.
 """
 
 from __future__ import annotations
@@ -41,7 +56,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -75,6 +90,83 @@ class WorkerHooks(Protocol):
     def exited(self, pid: int) -> None: ...
 
 
+class WorkerProcesses(Protocol):
+    """The arbiter's only way to the operating system's processes."""
+
+    def start(self, slot: WorkerSlot) -> int:
+        """A new worker process that will serve with ``slot``; its pid. OSError when none can be made."""
+
+    def signal(self, pid: int, signum: int) -> None:
+        """Send ``signum`` to worker ``pid``; nothing when it has already gone."""
+
+    def reap(self) -> Iterator[tuple[int, int]]:
+        """Every worker that has exited and not been reaped yet, as (pid, exit code: -N for signal N)."""
+
+    def kill(self, pid: int) -> None:
+        """SIGKILL worker ``pid`` and wait for it to be gone (the end of a shutdown that ran out of time)."""
+
+
+class ForkedWorkers:
+    """Workers as forked children of this process: fork, kill and waitpid.
+
+    ``boot`` runs in the child (import the application, serve) and its result is
+    the child's exit status; ``inherited`` are the master's own descriptors that
+    a worker must not keep (the arbiter's wake-up pipe).
+    """
+
+    def __init__(self, boot: Callable[[WorkerSlot], int], inherited: Sequence[int] = ()) -> None:
+        self.boot = boot
+        self.inherited = tuple(inherited)
+
+    def start(self, slot: WorkerSlot) -> int:
+        pid = os.fork()
+        if pid == 0:
+            self._become_worker(slot)
+        return pid
+
+    def signal(self, pid: int, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+    def reap(self) -> Iterator[tuple[int, int]]:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return  # no children at all
+            if pid == 0:
+                return  # children, none of them exited
+            yield pid, os.waitstatus_to_exitcode(status)
+
+    def kill(self, pid: int) -> None:
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
+    def _become_worker(self, slot: WorkerSlot) -> None:
+        """In the new child: shed the master's signal handling, run the worker, never return."""
+        status = 1
+        try:
+            signal.set_wakeup_fd(-1)
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+                signal.signal(signum, signal.SIG_DFL)
+            for signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1):
+                signal.signal(signum, signal.SIG_IGN)  # the master's business; serve() sets what a worker handles
+            signal.signal(signal.SIGQUIT, lambda *_: os._exit(0))
+            for fd in self.inherited:
+                os.close(fd)
+            status = self.boot(slot)
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(status)
+
+
 @dataclass(eq=False)
 class _Child:
     pid: int
@@ -89,14 +181,19 @@ class _Child:
 
 
 class Arbiter:
+    """The master's supervisor: the wanted state (``size``, ``generation``) and the workers it reconciles with it.
+
+    ``boot`` runs in each new worker (import the application, serve) and returns
+    its exit status; ``processes`` replaces the forked workers (tests).
+    """
+
     def __init__(self, listeners: Sequence[Listener], settings: Settings, boot: Callable[[WorkerSlot], int],
                  log_files: LogFiles | None = None, watcher: SourceWatcher | None = None,
-                 hooks: WorkerHooks | None = None) -> None:
+                 hooks: WorkerHooks | None = None, processes: WorkerProcesses | None = None) -> None:
         self.listeners = list(listeners)
         self.hooks = hooks
         self.settings = settings
         self.size = settings.workers
-        self.boot = boot  # runs in the new worker: import the application, serve; returns the exit status
         self.log_files = log_files
         self.watcher = watcher
         self.children: dict[int, _Child] = {}  # in the order they were started
@@ -106,6 +203,7 @@ class Arbiter:
         self.restarts: Counter[str] = Counter(dict.fromkeys(RESTART_REASONS, 0))
         self._failed_generation = -1
         self._retry_boot_at = 0.0
+        self._next_watch = 0.0  # when the source watcher is asked next
         self._crashes: list[float] = []
         self._announced = False
         self._startup_failed = False
@@ -113,6 +211,7 @@ class Arbiter:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
+        self.processes = processes or ForkedWorkers(boot, (self._wake_r, self._wake_w))
 
     @property
     def serving(self) -> int:
@@ -126,29 +225,42 @@ class Arbiter:
         for signum in _HANDLED:
             signal.signal(signum, self._queue_signal)
         signal.signal(signal.SIGCHLD, lambda *_: None)  # only to wake the loop
-        next_watch = time.monotonic()
+        self._next_watch = time.monotonic()
         while True:
-            stop = self._handle_signals()
-            if stop is not None:
-                return self._shutdown(fast=stop == signal.SIGQUIT)
-            now = time.monotonic()
-            self._reap()
-            if self._startup_failed:
-                _log("the workers could not load the application; exiting")
-                self._shutdown(fast=True)
-                return 2
-            self._check_slots(now)
-            if self.watcher is not None and now >= next_watch:
-                next_watch = now + POLL_EVERY
-                changed = self.watcher.poll()
-                if changed:
-                    self._reload(f"{changed} changed")
-            self._manage(now)
-            if not self._announced and self.serving >= self.size:
-                self._announced = True
-                if on_ready is not None:
-                    on_ready()
+            status = self.step(time.monotonic(), on_ready)
+            if status is not None:
+                return status
             self._sleep(_TICK)
+
+    def step(self, now: float, on_ready: Callable[[], None] | None = None) -> int | None:
+        """One round of the loop: signals, exited workers, slots, the source watcher, then reconciliation.
+
+        Returns the master's exit status once it has shut down, else None.
+        """
+        stop = self._handle_signals()
+        if stop is not None:
+            return self._shutdown(fast=stop == signal.SIGQUIT)
+        self._reap(now)
+        if self._startup_failed:
+            _log("the workers could not load the application; exiting")
+            self._shutdown(fast=True)
+            return 2
+        self._check_slots(now)
+        if self.watcher is not None and now >= self._next_watch:
+            self._next_watch = now + POLL_EVERY
+            changed = self.watcher.poll()
+            if changed:
+                self._reload(f"{changed} changed")
+        self._manage(now)
+        if not self._announced and self.serving >= self.size:
+            self._announced = True
+            if on_ready is not None:
+                on_ready()
+        return None
+
+    def notify(self, signum: int) -> None:
+        """Queue a signal for the next round, as the signal handlers do."""
+        self._signals.append(signum)
 
     def _queue_signal(self, signum: int, frame: object) -> None:
         self._signals.append(signum)
@@ -230,7 +342,7 @@ class Arbiter:
         if self.hooks is not None:
             self.hooks.before_fork()
         try:
-            pid = os.fork()
+            pid = self.processes.start(slot)
         except OSError as exc:  # out of processes or memory: back off as after a crash, try again later
             _log(f"cannot start a worker: {exc.strerror or exc}")
             self._crashes.append(now)
@@ -239,36 +351,11 @@ class Arbiter:
                 self.hooks.spawned(-1)
                 self.hooks.exited(-1)
             return None
-        if pid == 0:
-            self._become_worker(slot)
         child = _Child(pid, slot, self.generation, now)
         self.children[pid] = child
         if self.hooks is not None:
             self.hooks.spawned(pid)
         return child
-
-    def _become_worker(self, slot: WorkerSlot) -> None:
-        """In the new child: shed the master's signal handling, run the worker, never return."""
-        status = 1
-        try:
-            signal.set_wakeup_fd(-1)
-            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
-                signal.signal(signum, signal.SIG_DFL)
-            for signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1):
-                signal.signal(signum, signal.SIG_IGN)  # the master's business; serve() sets what a worker handles
-            signal.signal(signal.SIGQUIT, lambda *_: os._exit(0))
-            os.close(self._wake_r)
-            os.close(self._wake_w)
-            status = self.boot(slot)
-        except BaseException:
-            import traceback
-
-            traceback.print_exc()
-        finally:
-            with contextlib.suppress(Exception):
-                sys.stdout.flush()
-                sys.stderr.flush()
-            os._exit(status)
 
     def _retire(self, child: _Child, reason: str | None, now: float, signum: int = signal.SIGTERM) -> None:
         if signum == signal.SIGTERM and not child.retiring:
@@ -277,8 +364,7 @@ class Arbiter:
             _log(f"stopping worker {child.pid} gracefully: {why}")
         child.retiring = child.retiring or now
         child.reason = child.reason or reason
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(child.pid, signum)
+        self.processes.signal(child.pid, signum)
 
     def _check_slots(self, now: float) -> None:
         """Read each worker's slot: ready yet, done with its requests, heartbeat fresh?"""
@@ -303,18 +389,11 @@ class Arbiter:
                 child.killed = True
                 self._retire(child, None, now, signal.SIGKILL)  # outlived its graceful timeout
 
-    def _reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+    def _reap(self, now: float) -> None:
+        for pid, code in self.processes.reap():
             child = self._forget(pid)
             if child is None:
                 continue
-            code = os.waitstatus_to_exitcode(status)
             how = f"signal {-code}" if code < 0 else f"exit status {code}"
             reason = child.reason
             if child.retiring:
@@ -324,7 +403,7 @@ class Arbiter:
             else:
                 reason = "crash"
                 _log(f"worker {pid} died ({how}); starting a replacement")
-                self._crashes.append(time.monotonic())
+                self._crashes.append(now)
             if reason is not None:
                 self.restarts[reason] += 1
 
@@ -341,8 +420,7 @@ class Arbiter:
 
     def _signal_all(self, signum: int) -> None:
         for pid in self.children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
+            self.processes.signal(pid, signum)
 
     # -- the end --------------------------------------------------------------------------------------------
 
@@ -357,7 +435,8 @@ class Arbiter:
         deadline = time.monotonic() + (_FAST_GRACE if fast else self.settings.graceful_timeout + 5)
         self._startup_failed = False
         while self.children and time.monotonic() < deadline:
-            self._reap_quietly()
+            for pid, _ in self.processes.reap():
+                self._forget(pid)
             if not fast and signal.SIGQUIT in self._signals:  # impatient operator: escalate
                 self._signals.clear()
                 fast = True
@@ -365,20 +444,8 @@ class Arbiter:
                 deadline = min(deadline, time.monotonic() + _FAST_GRACE)
             self._sleep(0.05)
         for pid in list(self.children):
-            with contextlib.suppress(ProcessLookupError, ChildProcessError):
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
+            self.processes.kill(pid)
         return 0
-
-    def _reap_quietly(self) -> None:
-        while True:
-            try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            self._forget(pid)
 
     def _forget(self, pid: int) -> _Child | None:
         if self.hooks is not None:

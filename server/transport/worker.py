@@ -46,11 +46,15 @@ class WorkerSlot:
     def beat(self, now: float) -> None:
         struct.pack_into("=d", self._mem, 0, now)
 
-    def set_state(self, state: int) -> None:
-        """Ready, or done with its requests: both mean the master has work, so wake it rather than wait for its tick."""
+    def set_state(self, state: int, *, wake_master: bool = True) -> None:
+        """Ready, or done with its requests: both mean the master has work, so wake it rather than wait for its tick.
+
+        ``wake_master=False`` only records the state: a test standing in for a worker has no master to wake.
+        """
         struct.pack_into("=I", self._mem, 8, state)
-        with contextlib.suppress(OSError):
-            os.kill(os.getppid(), signal.SIGCHLD)  # the master's SIGCHLD handler only wakes its loop
+        if wake_master:
+            with contextlib.suppress(OSError):
+                os.kill(os.getppid(), signal.SIGCHLD)  # the master's SIGCHLD handler only wakes its loop
 
     def ticker(self, served: Callable[[], int], orphaned: Callable[[], None]) -> Callable[[float], None]:
         """The hook the event loop's main thread calls each time round: beat, and ask to be recycled once.
