@@ -46,8 +46,3 @@ ROW = BUSY_THREADS + 1  # cells in a row
 # method -> offset of its block of statuses in REQUESTS
 METHOD_BASE: dict[str, int] = {m: REQUESTS + i * _NS for i, m in enumerate(METHODS)}
 OTHER_BASE = METHOD_BASE["OTHER"]
-
-
-def request_cell(method: str, status: int) -> int:
-    """Offset of requests_total{method, status}."""
-    return METHOD_BASE.get(method, OTHER_BASE) + STATUS_SLOT[status]
