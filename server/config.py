@@ -226,7 +226,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("access_log", True, _bool,
            "Write one access-log line per request to stdout; --no-access-log writes none."),
     Option("server_header", "calc-server", _header_value, "Value of the Server response header; empty to omit it."),
-    # --- binding anywhere (issue 11) ---
+    # --- binding anywhere ---
     Option("bind", (), _binds,
            "Listen address, repeatable: HOST:PORT, [IPv6]:PORT, unix:PATH or fd://N (comma separated in the "
            "environment). Given, it replaces --host/--port; sockets passed by systemd are always served.",
@@ -234,10 +234,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("umask", "", _umask,
            "Octal mask applied to the mode of Unix socket files this server creates (077: owner only); "
            "unset keeps the process umask."),
-    # --- metrics (issue 13) ---
+    # --- metrics ---
     Option("metrics_bind", "", _optional_bind,
            "HOST:PORT of a separate listener serving Prometheus metrics at /metrics; empty (default) for none."),
-    # --- TLS and the PROXY protocol (issue 11) ---
+    # --- TLS and the PROXY protocol ---
     Option("certfile", "", str, "PEM certificate (chain); when set, TCP listeners speak TLS (https)."),
     Option("keyfile", "", str, "PEM private key; empty when it is in the certfile."),
     Option("keyfile_password_file", "", str, "File whose first line is the private key's passphrase."),
@@ -247,7 +247,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("ciphers", "", str, "OpenSSL cipher list for TLS 1.2; empty for OpenSSL's defaults."),
     Option("proxy_protocol", False, _bool,
            "Peers in --forwarded-allow-ips must open with a PROXY protocol v1/v2 header; its address is the client."),
-    # --- process management: reload, recycle, worker timeout, log files (issue 12) ---
+    # --- process management: reload, recycle, worker timeout, log files ---
     Option("master", False, _bool,
            "Supervise even one worker from a master process, so SIGHUP reloads the code without downtime "
            "(implied by --workers above 1, --reload and --max-requests)."),
@@ -293,12 +293,12 @@ class Settings:
     forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
     access_log: bool = True
     server_header: str = "calc-server"
-    # --- binding anywhere (issue 11) ---
+    # --- binding anywhere ---
     bind: tuple[str, ...] = ()
     umask: str = ""
-    # --- metrics (issue 13) ---
+    # --- metrics ---
     metrics_bind: str = ""
-    # --- TLS and the PROXY protocol (issue 11) ---
+    # --- TLS and the PROXY protocol ---
     certfile: str = ""
     keyfile: str = ""
     keyfile_password_file: str = ""
@@ -306,7 +306,7 @@ class Settings:
     cert_reqs: str = "none"
     ciphers: str = ""
     proxy_protocol: bool = False
-    # --- process management: reload, recycle, worker timeout, log files (issue 12) ---
+    # --- process management: reload, recycle, worker timeout, log files ---
     master: bool = False
     max_requests: int = 0
     max_requests_jitter: int = 0
