@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Any
 
+from ..protocol.writer import status_line
 from . import openapi
 from .arithmetic import (
     INTEGER_OPERATIONS,
@@ -187,7 +188,7 @@ def _problem_page(environ: dict[str, Any], slug: str) -> Response:
     """GET /problems/{slug}: the human-readable page a problem ``type`` URI points at (RFC 9457 3.1.1)."""
     _allow(environ, _READABLE)
     kind = DOCUMENTED[slug]
-    body = f"{kind.title}\n\ntype: {kind.uri}\nstatus: {kind.status_line}\n\n{kind.description}\n".encode()
+    body = f"{kind.title}\n\ntype: {kind.uri}\nstatus: {status_line(kind.status)}\n\n{kind.description}\n".encode()
     return _OK, [_TEXT, ("Content-Length", str(len(body)))], body
 
 

@@ -7,31 +7,13 @@ OpenAPI document and the ``/problems/{slug}`` pages are generated from it, so th
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from http import HTTPStatus
 from urllib.parse import quote
 
-from ..protocol.problems import SERVER_PROBLEMS, TYPE_PREFIX  # the server's types share the /problems/ space
+# The server's types share the /problems/ space and the class.
+from ..protocol.problems import SERVER_PROBLEMS, ProblemType
+from ..protocol.writer import status_line
 
 PROBLEM_JSON = "application/problem+json"
-
-
-@dataclass(frozen=True)
-class ProblemType:
-    """One kind of failure: a stable ``type`` URI, its status code, a fixed title and what it means."""
-
-    slug: str
-    status: int
-    title: str
-    description: str
-
-    @property
-    def uri(self) -> str:
-        return TYPE_PREFIX + self.slug
-
-    @property
-    def status_line(self) -> str:
-        return f"{self.status} {HTTPStatus(self.status).phrase}"
 
 
 def _catalogue(*types: ProblemType) -> dict[str, ProblemType]:
@@ -91,8 +73,7 @@ CATALOGUE = _catalogue(
 # The hosting server's own answers (bad framing, limits, timeouts, overload), documented next to the
 # calculator's so every ``type`` a client of this service can receive has its page and its place in
 # the OpenAPI document. Their source is the server's protocol core, which sends them.
-SERVER_CATALOGUE = _catalogue(*(ProblemType(p.slug, p.status, p.title, p.description)
-                                for p in SERVER_PROBLEMS.values()))
+SERVER_CATALOGUE = _catalogue(*SERVER_PROBLEMS.values())
 DOCUMENTED = CATALOGUE | SERVER_CATALOGUE  # every problem type with a /problems/{slug} page
 
 
@@ -120,7 +101,7 @@ class Problem(Exception):
         # ASCII-only output: a detail may quote client text that is not valid Unicode (lone surrogates).
         body = json.dumps(document).encode("ascii")
         headers = [("Content-Type", PROBLEM_JSON), ("Content-Length", str(len(body))), *self.headers]
-        return self.kind.status_line, headers, body
+        return status_line(self.kind.status), headers, body
 
 
 def path_to_uri(path: str) -> str:

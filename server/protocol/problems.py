@@ -17,7 +17,12 @@ TYPE_PREFIX = "/problems/"
 
 
 @dataclass(frozen=True)
-class ServerProblem:
+class ProblemType:
+    """One kind of failure (RFC 9457): a stable ``type`` URI, its status code, a fixed title and what it means.
+
+    The server's own types are below; an application's (the calculator's) are made of the same class.
+    """
+
     slug: str
     status: int
     title: str
@@ -28,26 +33,26 @@ class ServerProblem:
         return TYPE_PREFIX + self.slug
 
 
-SERVER_PROBLEMS: dict[int, ServerProblem] = {problem.status: problem for problem in (
-    ServerProblem("malformed-request", 400, "Malformed HTTP request",
+SERVER_PROBLEMS: dict[int, ProblemType] = {problem.status: problem for problem in (
+    ProblemType("malformed-request", 400, "Malformed HTTP request",
                   "The server could not read the request as HTTP/1.1 (RFC 9112): the detail names the part that "
                   "is wrong. The connection is closed after this answer, since its framing is lost."),
-    ServerProblem("request-timeout", 408, "Request not received in time",
+    ProblemType("request-timeout", 408, "Request not received in time",
                   "The request head or body did not arrive within the server's timeout."),
-    ServerProblem("request-too-large", 413, "Request body over the server limit",
+    ProblemType("request-too-large", 413, "Request body over the server limit",
                   "The request body is larger than the server accepts for any request (--max-body-size)."),
-    ServerProblem("request-line-too-long", 414, "Request line too long",
+    ProblemType("request-line-too-long", 414, "Request line too long",
                   "The request line (method, target and version) is longer than the server accepts "
                   "(--max-request-line); the target is usually the long part."),
-    ServerProblem("unsupported-expectation", 417, "Expectation not supported",
+    ProblemType("unsupported-expectation", 417, "Expectation not supported",
                   "The Expect header asks for something other than 100-continue, the only expectation known."),
-    ServerProblem("request-head-too-large", 431, "Request header fields too large",
+    ProblemType("request-head-too-large", 431, "Request header fields too large",
                   "A header field, the number of fields or the whole header block is over the server's limits."),
-    ServerProblem("not-implemented", 501, "Not implemented by the server",
+    ProblemType("not-implemented", 501, "Not implemented by the server",
                   "The request needs a feature this server does not have: a CONNECT tunnel or a transfer "
                   "coding other than chunked."),
-    ServerProblem("server-at-capacity", 503, "Server at its connection limit",
+    ProblemType("server-at-capacity", 503, "Server at its connection limit",
                   "The server has as many connections open as it allows; retry after the Retry-After delay."),
-    ServerProblem("http-version-not-supported", 505, "HTTP version not supported",
+    ProblemType("http-version-not-supported", 505, "HTTP version not supported",
                   "Only HTTP/1.0 and HTTP/1.1 are served over this connection."),
 )}
