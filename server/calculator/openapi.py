@@ -46,11 +46,12 @@ cannot read or will not take: 400 (malformed HTTP), 408 (too slow), 413 (body ov
 an unknown transfer coding), 503 (connection limit) and 505 (HTTP version). Every operation lists
 them; they are problem documents too, with their own types, and the connection is closed after them.
 
-**What the schema cannot say.** The operand bound is expressed exactly for JSON numbers (a magnitude
-range and no zero divisor). A path operand is text: its schema checks the syntax, the length and, for
-div, that the divisor is not zero, but not the number of significant digits or the magnitude; a
-schema-valid path operand outside the bound, such as `/add/1e100/1`, is answered 422
-`operand-out-of-range`, as the operations' 422 response documents.
+**Operands in the schema.** Path and JSON operands alike are declared as numbers with the
+magnitude bound (0, or 1e-100 <= |x| < 1e100) and, for div, a divisor that is not 0, so a request
+the schema allows is one the server answers. What JSON Schema cannot state for a number is the digit
+count: an operand with more than {_A.MAX_SIGNIFICANT_DIGITS} significant digits, such as a 101-digit
+fraction, is inside the range and still answered 422 `operand-out-of-range`. A number printed from an
+integer in the range or from a double never has that many.
 """
 
 
@@ -82,9 +83,6 @@ def _problem_responses(*slugs: str) -> dict[str, Any]:
 
 # Every operation can get these from the server before it runs (see "Answers from the server itself").
 _SERVER_SLUGS = tuple(SERVER_CATALOGUE)
-# A path operand that is zero: the divisor of div must not match this.
-_ZERO_PATTERN = r"^[+-]?(?:0+(?:\.0*)?|\.0+)(?:[eE][+-]?[0-9]+)?$"
-
 
 def _health_unavailable(responses: dict[str, Any]) -> dict[str, Any]:
     """/healthz's 503 may also be the server draining before it shuts down (--drain-delay)."""
@@ -100,10 +98,12 @@ def _health_unavailable(responses: dict[str, Any]) -> dict[str, Any]:
 
 
 def _operand_parameter(name: str, divisor: bool = False) -> dict[str, Any]:
-    schema: dict[str, Any] = {"type": "string", "pattern": f"^{_A.NUMBER_PATTERN}$", "maxLength": _A.MAX_OPERAND_CHARS}
-    description = "A decimal number within the size bound, such as `2`, `-1.5` or `6.02e23`."
+    schema = _operand_schema("")
+    del schema["description"]
+    description = ("A decimal number within the size bound, such as `2`, `-1.5` or `6.02e23`, written as "
+                   "the Numbers section says (optional sign, digits, optional fraction and exponent).")
     if divisor:
-        schema["not"] = {"pattern": _ZERO_PATTERN}
+        schema["not"] = {"const": 0}
         description += " Not zero: it is the divisor."
     return {
         "name": name,
@@ -111,7 +111,7 @@ def _operand_parameter(name: str, divisor: bool = False) -> dict[str, Any]:
         "required": True,
         "description": description,
         "schema": schema,
-        "example": "2" if name == "arg1" else "3",
+        "example": 2 if name == "arg1" else 3,
     }
 
 
@@ -141,7 +141,7 @@ def _operation_path(op: str, summary: str, example: tuple[str, str, str]) -> dic
 
 
 def _operand_schema(description: str) -> dict[str, Any]:
-    """A JSON operand with the size bound JSON Schema can state: 0 or 1e-100 <= |x| < 1e100.
+    """An operand (JSON or path) with the size bound JSON Schema can state: 0 or 1e-100 <= |x| < 1e100.
 
     The digit and length bounds need no words here: a JSON number inside that range that a generator
     writes (an integer, or a double) has far fewer than 100 significant digits and 400 characters.
