@@ -48,13 +48,15 @@ endpoint's or the store's locks, which is what makes that safe.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from collections.abc import Callable, Mapping
 
+from ..transport.listener import bind_tcp
 from . import exposition, process
 from .endpoint import MetricsEndpoint
 from .store import ProcessRecorders, Recorder, SharedStore
+
+_BACKLOG = 16  # scrapes come one at a time, from a few Prometheus servers
 
 __all__ = ["Metrics", "ProcessRecorders", "Recorder"]
 
@@ -73,17 +75,13 @@ class Metrics:
         self._cpu = 0.0
 
     def listen(self, host: str, port: int) -> MetricsEndpoint:
-        """Bind the metrics listener (raises OSError); ``start()`` it once the server is set up."""
-        infos = socket.getaddrinfo(host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
-        family, _, _, _, address = infos[0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(address)
-            sock.listen(16)
-        except OSError:
-            sock.close()
-            raise
+        """Bind the metrics listener (raises OSError); ``start()`` it once the server is set up.
+
+        Bound as the server's own TCP listeners are (``::`` takes IPv4 too); the endpoint's thread
+        accepts on it blocking.
+        """
+        sock = bind_tcp(host, port, _BACKLOG)
+        sock.setblocking(True)
         self.endpoint = MetricsEndpoint(sock, self.scrape)
         return self.endpoint
 

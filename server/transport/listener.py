@@ -139,11 +139,6 @@ def bind_tcp(host: str, port: int, backlog: int) -> socket.socket:
     return sock
 
 
-def bind(host: str, port: int, backlog: int) -> socket.socket:
-    """The old single-socket entry point, kept for callers that only need TCP."""
-    return bind_tcp(host, port, backlog)
-
-
 def bind_unix(path: str, backlog: int, umask: int | None, text: str) -> Listener:
     """A Unix socket at ``path``: a stale file is replaced, a live server's is refused."""
     _clear_stale(path, text)
