@@ -7,6 +7,7 @@ into the repository), as CI does; the checks below read the HTML it wrote.
 from __future__ import annotations
 
 import html
+import importlib.util
 import os
 import re
 import shlex
@@ -84,6 +85,44 @@ def test_api_page_is_generated_from_the_openapi_document(site: Path):
         assert uri in text, uri
     for schema in document["components"]["schemas"]:
         assert schema in text
+
+
+def _generated_module():
+    spec = importlib.util.spec_from_file_location("docs_generated", ROOT / "docs" / "hooks" / "generated.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_generated_blocks_in_the_markdown_match_the_code():
+    """The settings table, the API reference and the page list are written into the Markdown (so they read
+    on GitHub and in an editor) and are what the code gives now; scripts/docs-generate rewrites them."""
+    generated = _generated_module()
+    assert generated.stale() == [], "run scripts/docs-generate"
+    configuration = (ROOT / "docs" / "configuration.md").read_text()
+    for option in config.OPTIONS:
+        assert f"`{option.flag}`" in configuration and f"| `{option.env}` |" in configuration, option.name
+    api = (ROOT / "docs" / "api.md").read_text()
+    for name in ["endpoints", "api-description", "problem-types", "schemas"]:
+        assert re.search(rf"^<!-- generated: {name} .*?-->\n\n\S.*?^<!-- end generated: {name} -->$", api,
+                         re.MULTILINE | re.DOTALL), name
+    assert "`GET /add/{arg1}/{arg2}`" in api and "### CalcRequest" in api
+
+
+def test_a_stale_or_unclosed_block_is_caught(tmp_path: Path):
+    generated = _generated_module()
+    page = tmp_path / "configuration.md"
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    page.write_text(re.sub(r"^\| `--threads` \|.*\n", "", text, flags=re.MULTILINE))  # a setting left out
+    assert generated.stale([page]) == [page]
+    assert generated.render(page.read_text(), "x") == text  # rewriting puts it back
+    page.write_text(text.replace("<!-- end generated: settings-table -->", ""))
+    with pytest.raises(Exception, match="without its end line"):
+        generated.stale([page])
+    result = subprocess.run([sys.executable, str(ROOT / "docs" / "hooks" / "generated.py"), "--check"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
 
 
 def test_strict_build_fails_on_a_broken_link_and_a_missing_page(tmp_path: Path):

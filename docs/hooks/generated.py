@@ -1,25 +1,34 @@
-"""MkDocs hook: the parts of the docs that the code already knows are generated from the code.
+"""The parts of the docs that the code already knows, generated from the code and written into the pages.
 
-A page asks for a generated block with a marker on a line of its own, ``<!-- generated: NAME -->``.
+A generated block sits between two comment lines in the Markdown itself, so it reads on GitHub and
+in an editor as well as on the site::
+
+    <!-- generated: NAME (scripts/docs-generate writes this block; ...) -->
+
+    ...the generated Markdown...
+
+    <!-- end generated: NAME -->
+
 The settings table comes from ``server.config``, the API reference from the OpenAPI document the
-server serves (``server.calculator.openapi``), so neither can drift from what runs: a setting someone
-adds to ``OPTIONS`` appears in the docs at the next build. An unknown marker stops the build, and so
-does a generator that fails.
+server serves (``server.calculator.openapi``), the home page's list of pages from the nav in
+mkdocs.yml. ``scripts/docs-generate`` rewrites every block from the code (``--check`` only reports
+stale ones); tests/test_docs.py fails while a block differs from what the code gives, so a setting
+someone adds to ``OPTIONS`` cannot go undocumented.
 
-The latest benchmark tables (``results/latest.md`` and the chart it shows) live where the benchmark
-writes them, outside ``docs/``; they are added to the site as they are, under ``results/``.
+As an MkDocs hook this module checks that every block is well formed and known (an unknown or
+unclosed block stops the build), and publishes the latest benchmark tables (``results/latest.md``
+and the chart it shows), which live where the benchmark writes them, outside ``docs/``, under
+``results/`` on the site. Run as a script it needs only the standard library and PyYAML.
 """
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-from mkdocs.exceptions import PluginError
-from mkdocs.structure.files import File, Files
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # the hook runs from mkdocs, which does not put the repository on sys.path
@@ -28,7 +37,18 @@ if str(ROOT) not in sys.path:  # the hook runs from mkdocs, which does not put t
 from server import config  # noqa: E402
 from server.calculator import openapi  # noqa: E402
 
-MARKER = re.compile(r"^<!-- generated: ([a-z-]+) -->$", re.MULTILINE)
+try:  # as a hook; the script needs no MkDocs
+    from mkdocs.exceptions import PluginError
+    from mkdocs.structure.files import File, Files
+except ImportError:  # pragma: no cover - the script without MkDocs
+    class PluginError(Exception):  # type: ignore[no-redef]
+        """Stands in for MkDocs' error when run as a script."""
+
+BLOCK = re.compile(r"^<!-- generated: (?P<name>[a-z-]+)(?P<note> \(.*?\))? -->\n(?P<body>.*?)"
+                   r"^<!-- end generated: (?P=name) -->$", re.MULTILINE | re.DOTALL)
+OPENING = re.compile(r"^<!-- (end )?generated: ([a-z-]+)", re.MULTILINE)
+NOTE = " (scripts/docs-generate writes this block; edit the code, not the block)"
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 METHODS = ("get", "head", "post", "put", "patch", "delete")
 
 
@@ -120,7 +140,16 @@ def api_description() -> str:
     return numbers.split("\n\n", 1)[-1]  # without the tagline the page's heading already says
 
 
-_NAV: list[Any] = []  # the site's nav, kept by on_config for the page list
+def _nav() -> list[Any]:
+    """The nav of mkdocs.yml (its other tags, such as ``!!python/name``, are not needed here)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_multi_constructor("", lambda loader, suffix, node: None)
+    nav: list[Any] = yaml.load((ROOT / "mkdocs.yml").read_text(), Loader=Loader)["nav"]  # noqa: S506
+    return nav
 
 
 def _first_sentence(path: Path) -> str:
@@ -155,7 +184,7 @@ def page_list() -> str:
                 about = f": {_first_sentence(source)}" if source.exists() else ""  # results/ pages: the title says it
                 out.append(f"- [{title or target}]({target}){about}")
 
-    walk(_NAV, 0)
+    walk(_nav(), 0)
     return "\n".join(out).strip()
 
 
@@ -169,22 +198,33 @@ GENERATORS: dict[str, Callable[[], str]] = {
 }
 
 
-def on_config(config: Any, **_: Any) -> Any:
-    _NAV[:] = config["nav"] or []
-    return config
+def render(text: str, where: str) -> str:
+    """The page with every generated block filled from the code; an unknown or unclosed block is an error."""
+    def replace(match: re.Match[str]) -> str:
+        name = match["name"]
+        if name not in GENERATORS:
+            raise PluginError(f"{where}: unknown generated block {name!r}; known: {sorted(GENERATORS)}")
+        return f"<!-- generated: {name}{NOTE} -->\n\n{GENERATORS[name]().strip()}\n\n<!-- end generated: {name} -->"
+
+    openings = OPENING.findall(text)
+    closed = BLOCK.findall(text)
+    if len(openings) != 2 * len(closed):
+        raise PluginError(f"{where}: a generated block without its end line (or the other way round)")
+    return BLOCK.sub(replace, text)
+
+
+def stale(pages: list[Path] = PAGES) -> list[Path]:
+    """The pages whose generated blocks differ from what the code gives now."""
+    return [page for page in pages if render(page.read_text(), page.name) != page.read_text()]
 
 
 def on_page_markdown(markdown: str, page: Any, **_: Any) -> str:
-    def replace(match: re.Match[str]) -> str:
-        name = match[1]
-        if name not in GENERATORS:
-            raise PluginError(f"{page.file.src_uri}: unknown generated block {name!r}; known: {sorted(GENERATORS)}")
-        return GENERATORS[name]()
-
-    return MARKER.sub(replace, markdown)
+    """The blocks are in the page already; a bad block stops the build (staleness is the tests' job)."""
+    render(markdown, page.file.src_uri)
+    return markdown
 
 
-def on_files(files: Files, config: Any, **_: Any) -> Files:
+def on_files(files: "Files", config: Any, **_: Any) -> "Files":
     """Publish results/latest.md and the images it shows, from where the benchmark writes them."""
     results = ROOT / "results"
     latest = results / "latest.md"
@@ -195,3 +235,23 @@ def on_files(files: Files, config: Any, **_: Any) -> Files:
         files.append(File(f"results/{name}", src_dir=str(ROOT), dest_dir=config["site_dir"],
                           use_directory_urls=config["use_directory_urls"]))
     return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/docs-generate", description=(
+        "Write the generated blocks of README.md and docs/*.md (settings table, API reference, page list) "
+        "from the code."))
+    parser.add_argument("--check", action="store_true", help="only list stale pages; exit 1 if there are any")
+    args = parser.parse_args(argv)
+    outdated = stale()
+    for page in outdated:
+        if args.check:
+            print(f"{page.relative_to(ROOT)}: generated blocks are stale; run scripts/docs-generate", file=sys.stderr)
+        else:
+            page.write_text(render(page.read_text(), page.name))
+            print(f"wrote {page.relative_to(ROOT)}")
+    return 1 if args.check and outdated else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
