@@ -148,7 +148,7 @@ def _nav() -> list[Any]:
         pass
 
     Loader.add_multi_constructor("", lambda loader, suffix, node: None)
-    nav: list[Any] = yaml.load((ROOT / "mkdocs.yml").read_text(), Loader=Loader)["nav"]  # noqa: S506
+    nav: list[Any] = yaml.load((ROOT / "mkdocs.yml").read_text(), Loader=Loader)["nav"]
     return nav
 
 
@@ -224,7 +224,7 @@ def on_page_markdown(markdown: str, page: Any, **_: Any) -> str:
     return markdown
 
 
-def on_files(files: "Files", config: Any, **_: Any) -> "Files":
+def on_files(files: Files, config: Any, **_: Any) -> Files:
     """Publish results/latest.md and the images it shows, from where the benchmark writes them."""
     results = ROOT / "results"
     latest = results / "latest.md"
