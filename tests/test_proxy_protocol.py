@@ -13,7 +13,7 @@ import subprocess
 import time
 
 import pytest
-from harness import RawClient, get, require_tool, wait_until
+from harness import RawClient, get, read_to_eof, require_tool, wait_until
 
 V1 = b"PROXY TCP4 192.0.2.10 198.51.100.7 56324 443\r\n"
 V2 = (b"\x0d\x0a\x0d\x0a\x00\x0d\x0a\x51\x55\x49\x54\x0a\x21\x11\x00\x0c"
@@ -28,17 +28,6 @@ def _raw(address: tuple[str, int], preamble: bytes, tls: ssl.SSLContext | None =
     if tls is not None:
         sock = tls.wrap_socket(sock, server_hostname="localhost")
     return RawClient(sock)
-
-
-def _whole_answer(sock: socket.socket) -> bytes:
-    data = b""
-    sock.settimeout(5)
-    try:
-        while chunk := sock.recv(65536):
-            data += chunk
-    except ConnectionResetError:
-        pass
-    return data
 
 
 @pytest.fixture
@@ -101,7 +90,7 @@ def test_tls_behind_a_proxy_header(server_factory, tls_certs):
 def test_a_trusted_peer_without_a_valid_header_gets_400_and_is_closed(proxied, preamble):
     with socket.create_connection(proxied.address, timeout=5) as sock:
         sock.sendall(preamble)
-        data = _whole_answer(sock)
+        data = read_to_eof(sock)
     assert data.startswith(b"HTTP/1.1 400 ") and b"application/problem+json" in data, data[:200]
     assert b"Connection: close" in data
     proxied.wait_for_line("refused")
@@ -119,7 +108,7 @@ def test_an_untrusted_peer_is_served_as_itself_and_refused_if_it_sends_a_header(
     for header in (V1, V2):
         with socket.create_connection(server.address, timeout=5) as sock:
             sock.sendall(header + get("/spoof"))
-            data = _whole_answer(sock)
+            data = read_to_eof(sock)
         assert data.startswith(b"HTTP/1.1 400 ") and b"not in --forwarded-allow-ips" in data
     # "P" could still become "POST": the server waits for more instead of guessing
     client = RawClient.connect(server.address)
@@ -136,7 +125,7 @@ def test_without_the_setting_a_header_is_just_a_bad_request(server_factory):
     server = server_factory("--app", "apps:echo", "--no-access-log")
     with socket.create_connection(server.address, timeout=5) as sock:
         sock.sendall(V1 + get("/"))
-        assert _whole_answer(sock).startswith(b"HTTP/1.1 400 ")
+        assert read_to_eof(sock).startswith(b"HTTP/1.1 400 ")
 
 
 # -- an outside oracle: haproxy in mode tcp with send-proxy / send-proxy-v2 ---------------------------------------

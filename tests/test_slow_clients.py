@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import json
 import resource
-import selectors
 import socket
 import statistics
-import threading
 import time
 from pathlib import Path
 
-from harness import proc_fds, proc_threads, wait_until
+from harness import StallingClients, proc_fds, proc_threads, read_to_eof, wait_until
 
 HEALTH = b"GET /healthz HTTP/1.1\r\nHost: slow.example\r\n\r\n"
 
@@ -27,82 +25,24 @@ def _get(path: bytes) -> bytes:
     return b"GET " + path + b" HTTP/1.1\r\nHost: slow.example\r\n\r\n"
 
 
-class Slowloris:
-    """Many connections that trickle a request head one byte per connection per round, never finishing it."""
+class Slowloris(StallingClients):
+    """Connections that trickle a request head one byte per connection per round, never finishing it."""
 
     HEAD = b"GET /add/2/3 HTTP/1.1\r\nHost: slow.example\r\nUser-Agent: " + b"s" * 4000
 
-    def __init__(self, address: tuple[str, int], count: int, interval: float, deadline: float) -> None:
-        self.address = address
-        self.count = count
-        self.interval = interval
-        self.deadline = deadline
-        self.started = threading.Event()
-        self.first_byte: dict[int, float] = {}
-        self.closed_at: dict[int, float] = {}
-        self.received: dict[int, bytes] = {}
-        self.thread = threading.Thread(target=self._run, name="slowloris", daemon=True)
+    def opening(self, i: int) -> bytes:
+        return self.HEAD[:1]
 
-    def _run(self) -> None:
-        socks: dict[int, socket.socket] = {}
-        selector = selectors.DefaultSelector()
-        try:
-            for i in range(self.count):
-                sock = socket.create_connection(self.address, timeout=5)
-                sock.setblocking(False)
-                socks[i] = sock
-                selector.register(sock, selectors.EVENT_READ, i)
-            for i, sock in socks.items():  # every connection has begun its head before the clients start
-                sock.send(self.HEAD[:1])
-                self.first_byte[i] = time.monotonic()
-                self.received[i] = b""
-            self.started.set()
-            sent = 1
-            next_round = time.monotonic() + self.interval
-            while len(self.closed_at) < self.count and time.monotonic() < self.deadline:
-                for key, _ in selector.select(timeout=max(0.0, next_round - time.monotonic())):
-                    self._read(key.data, socks[key.data], selector)
-                if time.monotonic() >= next_round:
-                    for i, sock in socks.items():
-                        if i not in self.closed_at and sent < len(self.HEAD):
-                            try:
-                                sock.send(self.HEAD[sent:sent + 1])
-                            except BlockingIOError:
-                                pass
-                            except OSError:
-                                self._closed(i, sock, selector)
-                    sent += 1
-                    next_round += self.interval
-        finally:
-            self.started.set()
-            selector.close()
-            for sock in socks.values():
-                sock.close()
-
-    def _read(self, i: int, sock: socket.socket, selector: selectors.BaseSelector) -> None:
-        try:
-            data = sock.recv(65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if data:
-            self.received[i] += data
-        else:
-            self._closed(i, sock, selector)
-
-    def _closed(self, i: int, sock: socket.socket, selector: selectors.BaseSelector) -> None:
-        if i not in self.closed_at:
-            self.closed_at[i] = time.monotonic()
-            selector.unregister(sock)
+    def more(self, i: int, round_number: int) -> bytes:
+        return self.HEAD[round_number:round_number + 1]
 
 
 def test_slowloris_does_not_stop_normal_clients_and_is_cut_by_the_header_timeout(server_factory):
     header_timeout = 3.0
     server = server_factory("--no-access-log", "--header-timeout", str(header_timeout))
-    loris = Slowloris(server.address, count=1000, interval=0.1, deadline=time.monotonic() + 30)
+    loris = Slowloris(server.address, 1000, deadline=time.monotonic() + 30, interval=0.1, name="slowloris")
     loris.thread.start()
-    assert loris.started.wait(20) and len(loris.first_byte) == 1000
+    assert loris.started.wait(20) and len(loris.opened) == 1000
 
     client = server.connect()
     try:
@@ -120,7 +60,7 @@ def test_slowloris_does_not_stop_normal_clients_and_is_cut_by_the_header_timeout
         client.close()
     loris.thread.join(timeout=40)
     p50, p99 = statistics.median(latencies), statistics.quantiles(latencies, n=100)[98]
-    lifetimes = [loris.closed_at[i] - loris.first_byte[i] for i in loris.closed_at]
+    lifetimes = [loris.closed_at[i] - loris.opened[i] for i in loris.closed_at]
     print(f"slowloris: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms "
           f"over 200 requests with {still_trickling} connections trickling; {len(loris.closed_at)} closed after "
           f"{min(lifetimes, default=0):.2f}-{max(lifetimes, default=0):.2f} s")
@@ -199,12 +139,7 @@ def test_connection_limit_answers_503_fast_and_bounds_descriptors(server_factory
             extra.append(sock)
             sock.sendall(_get(b"/over"))
         for sock in extra:
-            data = b""
-            try:
-                while chunk := sock.recv(65536):
-                    data += chunk
-            except ConnectionResetError:
-                pass
+            data = read_to_eof(sock)
             head, _, body = data.partition(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 503 "), data[:200]
             assert b"\r\nRetry-After: " in head and b"\r\nConnection: close" in head

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import selectors
 import shutil
 import signal
 import socket
 import ssl
 import statistics
-import threading
 import time
 import warnings
 
 import pytest
-from harness import RawClient, get, proc_threads, wait_until
+from harness import RawClient, StallingClients, get, proc_threads, wait_until
 
 
 @pytest.fixture
@@ -283,56 +281,16 @@ def _client_hello(context: ssl.SSLContext) -> bytes:
     return outgoing.read()
 
 
-class StalledHandshakes:
+class StalledHandshakes(StallingClients):
     """Connections that stop inside the TLS handshake, a third in each way: silent (no ClientHello), half a
     ClientHello, or a whole ClientHello and then nothing (the server has answered and waits for us)."""
 
     def __init__(self, address: tuple[str, int], count: int, hello: bytes, deadline: float) -> None:
-        self.address = address
-        self.count = count
+        super().__init__(address, count, deadline, name="stalled-handshakes")
         self.hello = hello
-        self.deadline = deadline
-        self.started = threading.Event()
-        self.opened: dict[int, float] = {}
-        self.closed_at: dict[int, float] = {}
-        self.received: dict[int, int] = {}
-        self.thread = threading.Thread(target=self._run, name="stalled-handshakes", daemon=True)
 
-    def _run(self) -> None:
-        socks: dict[int, socket.socket] = {}
-        selector = selectors.DefaultSelector()
-        try:
-            for i in range(self.count):
-                sock = socket.create_connection(self.address, timeout=5)
-                socks[i] = sock
-                self.opened[i] = time.monotonic()
-                if i % 3 == 1:
-                    sock.sendall(self.hello[:len(self.hello) // 2])
-                elif i % 3 == 2:
-                    sock.sendall(self.hello)
-                sock.setblocking(False)
-                self.received[i] = 0
-                selector.register(sock, selectors.EVENT_READ, i)
-            self.started.set()
-            while len(self.closed_at) < self.count and time.monotonic() < self.deadline:
-                for key, _ in selector.select(timeout=0.1):
-                    i = key.data
-                    try:
-                        data = socks[i].recv(65536)
-                    except BlockingIOError:
-                        continue
-                    except OSError:
-                        data = b""
-                    if data:
-                        self.received[i] += len(data)
-                    elif i not in self.closed_at:
-                        self.closed_at[i] = time.monotonic()
-                        selector.unregister(socks[i])
-        finally:
-            self.started.set()
-            selector.close()
-            for sock in socks.values():
-                sock.close()
+    def opening(self, i: int) -> bytes:
+        return (b"", self.hello[:len(self.hello) // 2], self.hello)[i % 3]
 
 
 def test_stalled_handshakes_do_not_slow_tls_clients_and_are_dropped_at_the_header_timeout(server_factory, tls_certs):

@@ -4,6 +4,7 @@
 - ``client``: a raw socket client with a reader of its own (``RawClient``), ``get`` and ``fetch``.
 - ``nginx``: native nginx with the repository's reverse-proxy config (``start_nginx``).
 - ``certificates``: a throw-away CA and certificates for the TLS tests (``make_tls_files``).
+- ``stalling``: many connections that begin a request or handshake and never finish it.
 - ``processes``: threads, descriptors and children of a process, from /proc.
 - ``tools``: the checkout's root, CI or not, required programs, ``wait_until``.
 
@@ -11,13 +12,36 @@ Tests import from here (``from harness import RawClient, get``): tests/ is on sy
 """
 
 from .certificates import TLSFiles, make_tls_files
-from .client import RawClient, fetch, get
+from .client import RawClient, fetch, get, read_to_eof
 from .nginx import NGINX_DEFAULTS, NGINX_TEMPLATE, NginxProxy, render_nginx_template, start_nginx
 from .processes import proc_children, proc_fds, proc_threads
 from .server import LISTENING, READY, ServerProcess, both_listeners, start_server
+from .stalling import StallingClients
 from .tools import IN_CI, ROOT, require_tool, wait_until
 
-__all__ = ["IN_CI", "LISTENING", "NGINX_DEFAULTS", "NGINX_TEMPLATE", "READY", "ROOT", "NginxProxy", "RawClient",
-           "ServerProcess", "TLSFiles", "both_listeners", "fetch", "get", "make_tls_files", "proc_children",
-           "proc_fds", "proc_threads", "render_nginx_template", "require_tool", "start_nginx", "start_server",
-           "wait_until"]
+__all__ = [
+    "IN_CI",
+    "LISTENING",
+    "NGINX_DEFAULTS",
+    "NGINX_TEMPLATE",
+    "READY",
+    "ROOT",
+    "NginxProxy",
+    "RawClient",
+    "ServerProcess",
+    "StallingClients",
+    "TLSFiles",
+    "both_listeners",
+    "fetch",
+    "get",
+    "make_tls_files",
+    "proc_children",
+    "proc_fds",
+    "proc_threads",
+    "read_to_eof",
+    "render_nginx_template",
+    "require_tool",
+    "start_nginx",
+    "start_server",
+    "wait_until",
+]

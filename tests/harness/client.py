@@ -127,6 +127,18 @@ class RawClient:
             self.sock.close()
 
 
+def read_to_eof(sock: socket.socket, timeout: float = 5.0) -> bytes:
+    """Everything the server sends on ``sock`` until it closes the connection; a reset also ends it."""
+    data = b""
+    sock.settimeout(timeout)
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data
+
+
 def get(path: str, extra: str = "") -> bytes:
     """A raw HTTP/1.1 GET request, with extra header lines (each ending in CRLF) if given."""
     return f"GET {path} HTTP/1.1\r\nHost: test\r\n{extra}\r\n".encode()
