@@ -51,6 +51,28 @@ def test_site_builds_strictly_with_every_page(site: Path):
     assert not (ROOT / "site").exists(), "the build must not write into the repository"
 
 
+def test_site_loads_nothing_from_elsewhere_and_serves_mermaid_itself(site: Path):
+    """Offline, every diagram still draws: no page loads a script, a stylesheet or a font from another
+    host (the theme's Google Fonts are off), and Mermaid is the site's own copy, taken from the npm
+    registry at build time, never committed."""
+    external = re.compile(r"<(?:script|link)\b[^>]*\b(?:src|href)=\"(?:https?:)?//[^\"]+\"")
+    diagrams = 0
+    for page in site.rglob("*.html"):
+        text = page.read_text()
+        assert not external.findall(text), (page, external.findall(text))
+        if 'class="mermaid"' in text:
+            diagrams += 1
+            script = re.search(r'<script src="([^"]*assets/mermaid/mermaid\.min\.js)"', text)
+            assert script, page
+            assert (page.parent / script[1]).resolve() == (site / "assets" / "mermaid" / "mermaid.min.js").resolve()
+    assert diagrams >= 3  # index, deployment, internals
+    served = (site / "assets" / "mermaid" / "mermaid.min.js").read_text()
+    assert 'globalThis["mermaid"]' in served and len(served) > 1_000_000  # the real library, not a stub
+    assert "MIT" in (site / "assets" / "mermaid" / "LICENSE.txt").read_text()
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert not [name for name in tracked.splitlines() if name.endswith((".min.js", ".min.css"))]
+
+
 def test_no_page_has_two_headings_of_the_same_name(site: Path):
     """Two headings alike get anchors #name and #name_1: a reader (and a link) cannot tell them apart."""
     for page in site.rglob("index.html"):

@@ -19,13 +19,28 @@ As an MkDocs hook this module checks that every block is well formed and known (
 unclosed block stops the build), and publishes the latest benchmark tables (``results/latest.md``
 and the chart it shows), which live where the benchmark writes them, outside ``docs/``, under
 ``results/`` on the site. Run as a script it needs only the standard library and PyYAML.
+
+It also serves Mermaid from the site itself, so diagrams draw offline and no page loads a script
+from a CDN: the build takes the ``mermaid`` package of the pinned version from the npm registry with
+``npm pack`` (npm checks the registry's checksum; we check it against the one pinned here too),
+keeps ``dist/mermaid.min.js`` and the package's licence in a cache outside the repository, and
+publishes them as ``assets/mermaid/``. The Material theme uses a ``mermaid`` that a page already
+loaded (``extra_javascript`` in mkdocs.yml) instead of fetching its own. Third-party minified code is
+never committed.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
+import os
 import re
+import shutil
+import subprocess
 import sys
+import tarfile
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -224,6 +239,49 @@ def on_page_markdown(markdown: str, page: Any, **_: Any) -> str:
     return markdown
 
 
+# Mermaid from the npm registry: the version the Material theme expects (11), pinned with its checksum.
+MERMAID_VERSION = "11.12.0"
+MERMAID_INTEGRITY = "sha512-ZudVx73BwrMJfCFmSSJT84y6u5brEoV8DOItdHomNLz32uBjNrelm7mg95X7g+C6UoQH/W6mBLGDEDv73JdxBg=="
+MERMAID_FILES = {"mermaid.min.js": "package/dist/mermaid.min.js", "LICENSE.txt": "package/LICENSE"}
+
+
+def mermaid_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "calc-server-docs" / f"mermaid-{MERMAID_VERSION}"
+
+
+def mermaid_files() -> dict[str, Path]:
+    """The site's copy of Mermaid, taken from the npm registry once and cached: {site name: file}."""
+    cache = mermaid_cache()
+    wanted = {name: cache / name for name in MERMAID_FILES}
+    if all(path.exists() for path in wanted.values()):
+        return wanted
+    npm = shutil.which("npm")
+    if npm is None:
+        raise PluginError("the docs serve Mermaid from the site and take it from the npm registry: install npm "
+                          "(Node.js), or put mermaid.min.js and LICENSE.txt of mermaid "
+                          f"{MERMAID_VERSION} in {cache}")
+    with tempfile.TemporaryDirectory() as scratch:
+        result = subprocess.run([npm, "pack", f"mermaid@{MERMAID_VERSION}", "--pack-destination", scratch],
+                                capture_output=True, text=True, timeout=300, cwd=scratch)
+        tarball = Path(scratch) / f"mermaid-{MERMAID_VERSION}.tgz"
+        if result.returncode != 0 or not tarball.exists():
+            raise PluginError(f"npm pack mermaid@{MERMAID_VERSION} failed: {result.stderr.strip()[-800:]}")
+        digest = "sha512-" + base64.b64encode(hashlib.sha512(tarball.read_bytes()).digest()).decode()
+        if digest != MERMAID_INTEGRITY:
+            raise PluginError(f"mermaid {MERMAID_VERSION} from npm has checksum {digest}, not the pinned one")
+        cache.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(tarball) as archive:
+            for name, member in MERMAID_FILES.items():
+                source = archive.extractfile(member)
+                if source is None:
+                    raise PluginError(f"mermaid {MERMAID_VERSION} from npm has no {member}")
+                partial = wanted[name].with_suffix(".part")
+                partial.write_bytes(source.read())
+                partial.replace(wanted[name])  # whole or not at all: a build never serves half a file
+    return wanted
+
+
 def on_files(files: Files, config: Any, **_: Any) -> Files:
     """Publish results/latest.md and the images it shows, from where the benchmark writes them."""
     results = ROOT / "results"
@@ -234,6 +292,8 @@ def on_files(files: Files, config: Any, **_: Any) -> Files:
     for name in wanted:
         files.append(File(f"results/{name}", src_dir=str(ROOT), dest_dir=config["site_dir"],
                           use_directory_urls=config["use_directory_urls"]))
+    for name, path in mermaid_files().items():
+        files.append(File.generated(config, f"assets/mermaid/{name}", abs_src_path=str(path)))
     return files
 
 
