@@ -6,9 +6,16 @@ is a few dozen bytes, and the app must never buffer an unbounded stream into mem
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from .problems import Problem
+
+
+class BodyStream(Protocol):
+    """What this module uses of ``wsgi.input`` (PEP 3333): ``read(size)``, which may return fewer bytes."""
+
+    def read(self, size: int, /) -> bytes: ...
+
 
 MAX_BODY_BYTES = 16 * 1024
 _MAX_LENGTH_DIGITS = 12  # a longer Content-Length is far over the limit; never hand it to int()
@@ -52,7 +59,7 @@ def read_body(environ: dict[str, Any]) -> bytes:
 
     A server that decoded a chunked body may leave CONTENT_LENGTH out and end ``wsgi.input`` at EOF.
     """
-    stream = environ["wsgi.input"]
+    stream: BodyStream = environ["wsgi.input"]
     length_text = environ.get("CONTENT_LENGTH", "")
     if not length_text:
         return _read_to_eof(stream)
@@ -70,7 +77,7 @@ def read_body(environ: dict[str, Any]) -> bytes:
     return _read_rest(stream, data, length)
 
 
-def _read_rest(stream: Any, data: bytes, length: int) -> bytes:
+def _read_rest(stream: BodyStream, data: bytes, length: int) -> bytes:
     # read(n) may legally return fewer bytes; a short body (early EOF) is parsed as what arrived.
     chunks = [data]
     remaining = length - len(data)
@@ -83,7 +90,7 @@ def _read_rest(stream: Any, data: bytes, length: int) -> bytes:
     return b"".join(chunks)
 
 
-def _read_to_eof(stream: Any) -> bytes:
+def _read_to_eof(stream: BodyStream) -> bytes:
     chunks: list[bytes] = []
     total = 0
     while True:

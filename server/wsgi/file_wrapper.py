@@ -30,6 +30,8 @@ class FileWrapper:
 
     __slots__ = ("block_size", "close", "filelike")
 
+    # Any: PEP 3333 asks only for read(); close, fileno and tell are probed for and may be missing
+    # (AttributeError is caught), so no one protocol describes what applications hand in.
     def __init__(self, filelike: Any, block_size: int = 8192) -> None:
         self.filelike = filelike
         self.block_size = block_size if block_size > 0 else 8192
