@@ -27,7 +27,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from ..protocol.proxy_header import V1_PREFIX, V2_MAX_BODY, V2_SIGNATURE, ProxyHeaderError, parse
 from ..protocol.writer import error_response, http_date
@@ -74,7 +74,7 @@ def take_header(raw: socket.socket, conn: Connection, trusts: Callable[[str], bo
         conn.peer = (header.source[0], str(header.source[1]), *peer[2:])
 
 
-def _refuse(raw: socket.socket, conn: Connection, reason: str, plain: bool) -> None:
+def _refuse(raw: socket.socket, conn: Connection, reason: str, plain: bool) -> NoReturn:
     print(f"server: connection from {conn.peer[0]} refused: {reason}", file=sys.stderr, flush=True)
     with contextlib.suppress(OSError):
         raw.recv(_PEEK)  # what it sent is read, so closing does not turn into a reset that eats the answer
