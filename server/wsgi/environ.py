@@ -41,6 +41,9 @@ class EnvironBuilder:
             "wsgi.file_wrapper": FileWrapper,
             # set for each request; present here so that copying the dict sizes it for them
             "REQUEST_METHOD": "", "PATH_INFO": "", "QUERY_STRING": "", "SERVER_PROTOCOL": "", "REQUEST_URI": "",
+            # The scheme is the listener's: "http" here, "https" from a TLS connection's keys (peer[2]), or
+            # what a trusted proxy's X-Forwarded-Proto says (_forwarded). Never the request target's: an
+            # absolute-form "GET https://host/ HTTP/1.1" on a plain port is still http (as gunicorn has it).
             "RAW_URI": "", "wsgi.input": None, "wsgi.url_scheme": "http", "REMOTE_ADDR": "", "REMOTE_PORT": "",
         }
         # Every request adds HTTP_HOST at least, and a dict holding these 21 keys is full: the first
@@ -72,7 +75,6 @@ class EnvironBuilder:
         env["SERVER_PROTOCOL"] = request.version
         env["REQUEST_URI"] = env["RAW_URI"] = target
         env["wsgi.input"] = io.BytesIO(body) if body else EMPTY_INPUT
-        env["wsgi.url_scheme"] = request.scheme or "http"
         env["REMOTE_ADDR"] = peer[0]
         env["REMOTE_PORT"] = peer[1]
         if len(peer) > 2:  # a TLS connection: https and what its handshake established (server/transport/tls.py)
