@@ -29,9 +29,9 @@ def start(server_factory, *args: str):
     return server, server.wait_for_line(METRICS_LINE).group(1)
 
 
-def scrape(url: str) -> tuple[Series, dict[str, str]]:
+def scrape(url: str, timeout: float = 10.0) -> tuple[Series, dict[str, str]]:
     """Every sample as {(name, labels): value}, and each family's type, as prometheus_client reads them."""
-    status, headers, body = fetch(url, "/metrics")
+    status, headers, body = fetch(url, "/metrics", timeout=timeout)
     assert status == 200
     assert headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
     series: Series = {}
@@ -285,3 +285,59 @@ def test_metrics_listener_survives_bad_and_stalled_clients(server_factory, raw_f
     assert stalled.is_closed(timeout=3)
     assert value(series, "calc_server_workers") == 1
     assert fetch(server.url, "/add/2/3")[2] == b"5"  # the application never noticed
+
+
+def test_a_dripping_client_never_delays_another_scrape(server_factory):
+    """Issue 25 #7: a client sending one byte every 1.5 s. Each of its recv()s came within 575c707's 2 s
+    per-recv timeout, so it held the endpoint's one thread and every other scrape timed out. Now its whole
+    request has 2 s, and scrapes made meanwhile are answered at once."""
+    import threading
+
+    _server, url = start(server_factory)
+    port = int(url.rsplit(":", 1)[1])
+    dripper = socket.create_connection(("127.0.0.1", port), timeout=10)
+    request = b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n"
+    cut: list[float] = []
+    began = time.monotonic()
+
+    def drip() -> None:
+        for byte in request:
+            try:
+                dripper.send(bytes([byte]))
+            except OSError:
+                cut.append(time.monotonic() - began)
+                return
+            time.sleep(1.5)  # the attack is the pace itself
+
+    thread = threading.Thread(target=drip, daemon=True)
+    thread.start()
+    try:
+        took = []
+        for _ in range(3):
+            started = time.monotonic()
+            series, _ = scrape(url, timeout=1.0)
+            took.append(time.monotonic() - started)
+            assert value(series, "calc_server_workers") == 1
+        assert max(took) < 1.0, took
+        # the dripper itself is cut when its 2 s are up (the endpoint closes; its next sends fail or read EOF)
+        dripper.settimeout(5)
+        assert dripper.recv(1024) == b""  # no answer: it never finished a request in time
+        assert time.monotonic() - began < 4.5
+    finally:
+        dripper.close()
+        thread.join(timeout=10)
+
+
+def test_a_flood_of_idle_connections_does_not_lock_scrapes_out(server_factory):
+    """More idle connections than the endpoint keeps (64): the oldest make room, a real scrape is answered."""
+    _server, url = start(server_factory)
+    port = int(url.rsplit(":", 1)[1])
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(100)]
+    try:
+        started = time.monotonic()
+        series, _ = scrape(url, timeout=1.0)
+        assert time.monotonic() - started < 1.0
+        assert value(series, "calc_server_workers") == 1
+    finally:
+        for sock in idle:
+            sock.close()
