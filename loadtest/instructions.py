@@ -148,7 +148,7 @@ def measure(source: Path, rows: list[str], count: int, threads: int, workdir: Pa
         cert, key = self_signed(workdir)
         cmd += ["--certfile", str(cert), "--keyfile", str(key)]
     env = {**os.environ, "PYTHONPATH": str(source), "PYTHONHASHSEED": "0"}
-    proc = subprocess.Popen(cmd, cwd=source, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(cmd, cwd=source, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert proc.stdout is not None
         for line in proc.stdout:

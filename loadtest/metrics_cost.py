@@ -84,7 +84,7 @@ def measure(metrics: bool, count: int, workdir: Path) -> dict[str, int]:
     if metrics:
         cmd += ["--metrics-bind", "127.0.0.1:0"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -125,7 +125,7 @@ def cpu_per_request(metrics: bool, count: int) -> dict[str, float]:
     if metrics:
         cmd += ["--metrics-bind", "127.0.0.1:0"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+                            stderr=subprocess.STDOUT, text=True)
     try:
         assert proc.stdout is not None
         for line in proc.stdout:

@@ -13,7 +13,7 @@ import ipaddress
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from . import __version__
 from .bindspec import parse_bind
@@ -151,6 +151,32 @@ def _umask(text: str) -> str:
     return text
 
 
+def _paths(text: str) -> tuple[str, ...]:
+    """URL paths, comma separated, each starting with ``/`` (compared with the request's path, query left out)."""
+    items = tuple(part.strip() for part in text.split(",") if part.strip())
+    for item in items:
+        if not item.startswith("/"):
+            raise ValueError(f"a path starts with /, got {item!r}")
+    return items
+
+
+def _access_log_format(text: str) -> str:
+    from .accesslog import check_format  # imported here: the access log's own module knows its atoms
+
+    return check_format(text.strip() if text.strip() in ("combined", "json") else text)
+
+
+def _log_level(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("debug", "info", "warning", "error", "critical"):
+        raise ValueError(f"expected debug, info, warning, error or critical, got {text!r}")
+    return value
+
+
+def _optional_path(text: str) -> str:
+    return text.strip()
+
+
 def _cert_reqs(text: str) -> str:
     value = text.strip().lower()
     if value not in ("none", "optional", "required"):
@@ -166,6 +192,7 @@ class Option:
     help: str  # for a bool option: what --NAME does; --no-NAME does the opposite
     repeat: bool = False  # the flag may be given several times; the values (tuples) add up
     short: str = ""  # a one-letter alias such as -b
+    group: str = "other"  # the topic it is listed under in --help and docs/configuration.md (GROUPS)
 
     @property
     def flag(self) -> str:
@@ -185,84 +212,126 @@ class Option:
         return "--no-" + self.name.replace("_", "-")
 
 
+# The topics of --help and of the configuration page, in their order; an Option names one in ``group``.
+GROUPS: tuple[tuple[str, str], ...] = (
+    ("application", "The application"),
+    ("listening", "Listening"),
+    ("tls", "TLS"),
+    ("proxies", "Behind a proxy"),
+    ("processes", "Processes and threads"),
+    ("timeouts", "Timeouts"),
+    ("limits", "Limits"),
+    ("logging", "Logging"),
+    ("metrics", "Metrics"),
+    ("other", "Other"),
+)
+
 OPTIONS: tuple[Option, ...] = (
-    Option("host", "127.0.0.1", str, "Address to bind; 0.0.0.0 for every IPv4 interface, :: for IPv6."),
-    Option("port", 8000, _port, "TCP port to bind; 0 picks a free one (the ready line shows it)."),
-    Option("app", "server.calculator:app", str, "WSGI application to serve, as module:callable."),
-    Option("threads", 8, _positive_int, "Worker threads per process that run the application."),
+    Option("host", "127.0.0.1", str, "Address to bind; 0.0.0.0 for every IPv4 interface, :: for IPv6.",
+           group="listening"),
+    Option("port", 8000, _port, "TCP port to bind; 0 picks a free one (the ready line shows it).", group="listening"),
+    Option("app", "server.calculator:app", str, "WSGI application to serve, as module:callable.", group="application"),
+    Option("threads", 8, _positive_int, "Worker threads per process that run the application.", group="processes"),
     Option("workers", 1, _positive_int,
-           "Processes; above 1 a master pre-forks them on one shared socket and replaces any that die."),
-    Option("backlog", 2048, _positive_int, "Listen backlog: connections the kernel queues before accept."),
+           "Processes; above 1 a master pre-forks them on one shared socket and replaces any that die.",
+           group="processes"),
+    Option("backlog", 2048, _positive_int, "Listen backlog: connections the kernel queues before accept.",
+           group="listening"),
     Option("max_connections", 10000, _positive_int,
-           "Open connections per process; beyond it new ones get an immediate 503 and are closed."),
+           "Open connections per process; beyond it new ones get an immediate 503 and are closed.", group="limits"),
     Option("keepalive_timeout", 75.0, _seconds,
-           "Seconds an idle keep-alive connection is kept open (above nginx's upstream 60 s)."),
+           "Seconds an idle keep-alive connection is kept open (above nginx's upstream 60 s).", group="timeouts"),
     Option("header_timeout", 10.0, _seconds,
-           "Seconds a client has to send a complete request head once it started one."),
-    Option("body_timeout", 30.0, _seconds, "Seconds the body may stall between two reads."),
+           "Seconds a client has to send a complete request head once it started one.", group="timeouts"),
+    Option("body_timeout", 30.0, _seconds, "Seconds the body may stall between two reads.", group="timeouts"),
     Option("send_timeout", 30.0, _seconds,
-           "Seconds a response write may stall before the client is dropped (slow readers)."),
+           "Seconds a response write may stall before the client is dropped (slow readers).", group="timeouts"),
     Option("graceful_timeout", 30.0, _seconds,
-           "Seconds in-flight requests get to finish after SIGTERM/SIGINT before the process exits."),
+           "Seconds in-flight requests get to finish after SIGTERM/SIGINT before the process exits.", group="timeouts"),
     Option("drain_delay", 0.0, _non_negative_seconds,
            "Lame duck: seconds the server keeps accepting and answering after SIGTERM/SIGINT before it stops "
            "accepting, each answer with Connection: close and /healthz saying 503 draining, so a proxy or "
-           "orchestrator can take it out of rotation first; 0 (default) stops accepting at once."),
-    Option("max_request_line", _PARSER.max_request_line, _positive_int, "Longest request line in bytes (414 beyond)."),
+           "orchestrator can take it out of rotation first; 0 (default) stops accepting at once.", group="timeouts"),
+    Option("max_request_line", _PARSER.max_request_line, _positive_int, "Longest request line in bytes (414 beyond).",
+           group="limits"),
     Option("max_header_count", _PARSER.max_header_count, _positive_int,
-           "Most header fields in one request (431 beyond)."),
+           "Most header fields in one request (431 beyond).", group="limits"),
     Option("max_header_size", _PARSER.max_header_size, _positive_int,
-           "Longest single header field line in bytes (431 beyond)."),
+           "Longest single header field line in bytes (431 beyond).", group="limits"),
     Option("max_headers_total", _PARSER.max_headers_total, _positive_int,
-           "Most bytes in the whole request head (431 beyond)."),
+           "Most bytes in the whole request head (431 beyond).", group="limits"),
     Option("max_body_size", _PARSER.max_body_size, _non_negative_int,
-           "Largest request body in bytes, Content-Length or chunked (413 beyond)."),
+           "Largest request body in bytes, Content-Length or chunked (413 beyond).", group="limits"),
     Option("max_chunk_ext", _PARSER.max_chunk_ext, _positive_int,
-           "Longest chunk-extension / chunk-size line in bytes."),
+           "Longest chunk-extension / chunk-size line in bytes.", group="limits"),
     Option("max_pipeline", 32, _positive_int,
-           "Requests a client may queue on one connection before the server stops reading from it."),
+           "Requests a client may queue on one connection before the server stops reading from it.", group="limits"),
     Option("forwarded_allow_ips", ("127.0.0.1", "::1"), _networks,
-           "Peers (addresses or CIDR, * for any) whose X-Forwarded-For/-Proto are trusted."),
+           "Peers (addresses or CIDR, * for any) whose X-Forwarded-For/-Proto are trusted.", group="proxies"),
     Option("access_log", True, _bool,
-           "Write one access-log line per request to stdout; --no-access-log writes none."),
-    Option("server_header", "calc-server", _header_value, "Value of the Server response header; empty to omit it."),
+           "Write one access-log line per request to stdout; --no-access-log writes none.", group="logging"),
+    Option("server_header", "calc-server", _header_value, "Value of the Server response header; empty to omit it.",
+           group="application"),
     # --- binding anywhere ---
     Option("bind", (), _binds,
            "Listen address, repeatable: HOST:PORT, [IPv6]:PORT, unix:PATH or fd://N (comma separated in the "
            "environment). Given, it replaces --host/--port; sockets passed by systemd are always served.",
-           repeat=True, short="-b"),
+           repeat=True, short="-b", group="listening"),
     Option("umask", "", _umask,
            "Octal mask applied to the mode of Unix socket files this server creates (077: owner only); "
-           "unset keeps the process umask."),
+           "unset keeps the process umask.", group="listening"),
     # --- metrics ---
     Option("metrics_bind", "", _optional_bind,
-           "HOST:PORT of a separate listener serving Prometheus metrics at /metrics; empty (default) for none."),
+           "HOST:PORT of a separate listener serving Prometheus metrics at /metrics; empty (default) for none.",
+           group="metrics"),
     # --- TLS and the PROXY protocol ---
-    Option("certfile", "", str, "PEM certificate (chain); when set, TCP listeners speak TLS (https)."),
-    Option("keyfile", "", str, "PEM private key; empty when it is in the certfile."),
-    Option("keyfile_password_file", "", str, "File whose first line is the private key's passphrase."),
-    Option("ca_certs", "", str, "PEM bundle of the CAs that client certificates must chain to."),
+    Option("certfile", "", str, "PEM certificate (chain); when set, TCP listeners speak TLS (https).", group="tls"),
+    Option("keyfile", "", str, "PEM private key; empty when it is in the certfile.", group="tls"),
+    Option("keyfile_password_file", "", str, "File whose first line is the private key's passphrase.", group="tls"),
+    Option("ca_certs", "", str, "PEM bundle of the CAs that client certificates must chain to.", group="tls"),
     Option("cert_reqs", "none", _cert_reqs,
-           "Client certificates: none, optional (verified if sent) or required; needs --ca-certs unless none."),
-    Option("ciphers", "", str, "OpenSSL cipher list for TLS 1.2; empty for OpenSSL's defaults."),
+           "Client certificates: none, optional (verified if sent) or required; needs --ca-certs unless none.",
+           group="tls"),
+    Option("ciphers", "", str, "OpenSSL cipher list for TLS 1.2; empty for OpenSSL's defaults.", group="tls"),
     Option("proxy_protocol", False, _bool,
-           "Peers in --forwarded-allow-ips must open with a PROXY protocol v1/v2 header; its address is the client."),
+           "Peers in --forwarded-allow-ips must open with a PROXY protocol v1/v2 header; its address is the client.",
+           group="proxies"),
     # --- process management: reload, recycle, worker timeout, log files ---
     Option("master", False, _bool,
            "Supervise even one worker from a master process, so SIGHUP reloads the code without downtime "
-           "(implied by --workers above 1, --reload and --max-requests)."),
+           "(implied by --workers above 1, --reload and --max-requests).", group="processes"),
     Option("max_requests", 0, _non_negative_int,
-           "Replace a worker gracefully after it served this many requests (plus jitter); 0 never does."),
+           "Replace a worker gracefully after it served this many requests (plus jitter); 0 never does.",
+           group="processes"),
     Option("max_requests_jitter", 0, _non_negative_int,
            "Up to this many requests added at random to each worker's --max-requests, so they do not all "
-           "recycle at once."),
+           "recycle at once.", group="processes"),
     Option("worker_timeout", 30.0, _seconds,
            "Seconds a worker's event loop may miss its heartbeat before the master kills and replaces it "
-           "(master mode); a slow request does not count."),
+           "(master mode); a slow request does not count.", group="processes"),
     Option("reload", False, _bool,
-           "Development: watch the application's .py files and reload the workers when one changes."),
-    Option("access_logfile", "-", _log_path, "Access-log destination: - for stdout, or a file (SIGUSR1 reopens it)."),
-    Option("error_logfile", "-", _log_path, "Error-log destination: - for stderr, or a file (SIGUSR1 reopens it)."),
+           "Development: watch the application's .py files and reload the workers when one changes.",
+           group="processes"),
+    Option("access_logfile", "-", _log_path, "Access-log destination: - for stdout, or a file (SIGUSR1 reopens it).",
+           group="logging"),
+    Option("error_logfile", "-", _log_path, "Error-log destination: - for stderr, or a file (SIGUSR1 reopens it).",
+           group="logging"),
+    # --- logs, pid file, imports ---
+    Option("access_log_format", "combined", _access_log_format,
+           "Access-log line: combined (Apache's, plus duration and request id), json (one object per line, "
+           "nginx's field names) or a gunicorn-style template of %(atom)s fields such as '%(h)s \"%(r)s\" %(s)s'; "
+           "json also makes the error log JSON.", group="logging"),
+    Option("access_log_exclude", (), _paths,
+           "Path left out of the access log, repeatable (comma separated in the environment), such as /healthz; "
+           "compared with the request's path without its query.", repeat=True, group="logging"),
+    Option("log_level", "info", _log_level,
+           "Least severe error-log lines written: debug, info, warning, error or critical.", group="logging"),
+    Option("pid", "", _optional_path,
+           "Write the server's process id to this file once it listens; removed when it exits. Empty: no file.",
+           group="processes"),
+    Option("chdir", "", _optional_path,
+           "Change to this directory before loading the application (which is imported from the current "
+           "directory first, as python3 -m does).", group="application"),
 )
 
 
@@ -314,6 +383,12 @@ class Settings:
     reload: bool = False
     access_logfile: str = "-"
     error_logfile: str = "-"
+    # --- logs, pid file, imports ---
+    access_log_format: str = "combined"
+    access_log_exclude: tuple[str, ...] = ()
+    log_level: str = "info"
+    pid: str = ""
+    chdir: str = ""
 
     @property
     def supervised(self) -> bool:
@@ -367,27 +442,43 @@ def _flag_parser(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return checked
 
 
+DOCS = "docs/configuration.md"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a usage error that fits on a screen: the error, then where to read more."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n"
+                     f"See '{self.prog} --help' for the options by topic, or {DOCS}.\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     invoked = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="calc-server" if invoked == "calc-server" else "python3 -m server",
+        usage="%(prog)s [OPTION ...]",
         description="A threaded HTTP/1.1 WSGI server written from raw sockets; serves the calculator by default.",
         epilog=f"Every option can also be set from the environment: {ENV_PREFIX}<NAME> "
-        f"(for example {ENV_PREFIX}PORT=8080, {ENV_PREFIX}ACCESS_LOG=false). Flags win over the environment.",
+        f"(for example {ENV_PREFIX}PORT=8080, {ENV_PREFIX}ACCESS_LOG=false). Flags win over the environment. "
+        f"More in {DOCS}.",
     )
     parser.add_argument("-V", "--version", action="version", version=f"calc-server {__version__}")
+    sections = {key: parser.add_argument_group(title) for key, title in GROUPS}
     for option in OPTIONS:
-        help_text = f"{option.help} [env {option.env}, default {_render_default(option) or '(none)'}]"
+        section = sections.get(option.group, sections["other"])
+        default = _render_default(option) or "(none)"
+        help_text = f"{option.help} [env {option.env}, default {default}]".replace("%", "%%")
         if option.repeat:
-            parser.add_argument(*filter(None, (option.short, option.flag)), dest=option.name, action="append",
-                                type=_flag_parser(option.parse), default=None, metavar=option.name.upper(),
-                                help=help_text)
+            section.add_argument(*filter(None, (option.short, option.flag)), dest=option.name, action="append",
+                                 type=_flag_parser(option.parse), default=None, metavar=option.name.upper(),
+                                 help=help_text)
         elif option.is_switch:
-            parser.add_argument(option.flag, dest=option.name, action=argparse.BooleanOptionalAction,
-                                default=None, help=help_text)
+            section.add_argument(option.flag, dest=option.name, action=argparse.BooleanOptionalAction,
+                                 default=None, help=help_text)
         else:
-            parser.add_argument(option.flag, dest=option.name, type=_flag_parser(option.parse),
-                                default=None, metavar=option.name.upper(), help=help_text)
+            section.add_argument(option.flag, dest=option.name, type=_flag_parser(option.parse),
+                                 default=None, metavar=option.name.upper(), help=help_text)
     return parser
 
 

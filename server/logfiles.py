@@ -14,6 +14,8 @@ import contextlib
 import os
 import sys
 
+from . import errorlog
+
 STDOUT = "-"
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND
 
@@ -41,8 +43,7 @@ class LogFiles:
             try:
                 self._replace(path, fd)
             except OSError as exc:
-                print(f"server: cannot reopen {path}: {exc.strerror or exc}; still writing to the old file",
-                      file=sys.stderr, flush=True)
+                errorlog.error("cannot reopen %s: %s; still writing to the old file", path, exc.strerror or exc)
 
     @staticmethod
     def _replace(path: str, fd: int) -> None:

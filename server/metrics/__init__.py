@@ -48,9 +48,9 @@ endpoint's or the store's locks, which is what makes that safe.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Mapping
 
+from .. import errorlog
 from ..transport.listener import bind_tcp
 from . import exposition, process
 from .endpoint import MetricsEndpoint
@@ -100,8 +100,7 @@ class Metrics:
     def before_fork(self) -> None:
         self._slot = self.store.claim()
         if self._slot is None:
-            print("server: metrics: no free slot for a new worker; its requests will not be counted",
-                  file=sys.stderr, flush=True)
+            errorlog.warning("metrics: no free slot for a new worker; its requests will not be counted")
 
     def spawned(self, pid: int) -> None:
         self.store.assign(self._slot, pid)

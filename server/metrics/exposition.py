@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 from .layout import (
     ACCEPTED,
+    ACCESS_LOG_DROPPED,
     BUCKETS,
     BUSY_THREADS,
     BYTES_IN,
@@ -108,6 +109,10 @@ def render(totals: Totals, *, threads: int, restarts: Mapping[str, int], process
     for s, status in enumerate(STATUSES):
         if cells[PROTOCOL_ERRORS + s]:
             out.sample(p + "protocol_errors_total", cells[PROTOCOL_ERRORS + s], f'status="{status}"')
+
+    out.family(p + "access_log_dropped_lines_total", "counter",
+               "Access-log lines dropped because the log's output did not keep up (a stalled stdout pipe).")
+    out.sample(p + "access_log_dropped_lines_total", cells[ACCESS_LOG_DROPPED])
 
     out.family(p + "threads", "gauge", "Serving threads, busy in a request or idle (all workers).")
     out.sample(p + "threads", busy, 'state="busy"')

@@ -36,7 +36,8 @@ REFUSED = ACCEPTED + 1
 BYTES_IN = REFUSED + 1
 BYTES_OUT = BYTES_IN + 1
 PROTOCOL_ERRORS = BYTES_OUT + 1  # [status]
-COUNTERS_END = PROTOCOL_ERRORS + _NS
+ACCESS_LOG_DROPPED = PROTOCOL_ERRORS + _NS  # lines the access log dropped (its output stalled), main thread's row
+COUNTERS_END = ACCESS_LOG_DROPPED + 1
 # ... then gauges, which only mean something while their process lives (written by its main thread).
 OPEN_CONNECTIONS = COUNTERS_END
 IDLE_CONNECTIONS = OPEN_CONNECTIONS + 1

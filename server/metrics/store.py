@@ -16,10 +16,11 @@ import array
 import mmap
 import threading
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from .layout import (
     ACCEPTED,
+    ACCESS_LOG_DROPPED,
     BUCKETS,
     BUSY_THREADS,
     BYTES_IN,
@@ -99,9 +100,12 @@ class ProcessRecorders:
         self._floats = floats
         self._starts = list(starts)
         self.threads = [Recorder() for _ in self._starts]
+        # The access log's count of dropped lines (server.py sets it); read by the main thread as it publishes.
+        self.access_log_dropped: Callable[[], int] = lambda: 0
 
     def publish(self, open_connections: int, idle_connections: int, busy_threads: int) -> None:
         main = self.threads[-1].counts
+        main[ACCESS_LOG_DROPPED] = self.access_log_dropped()
         main[OPEN_CONNECTIONS] = open_connections
         main[IDLE_CONNECTIONS] = idle_connections
         main[BUSY_THREADS] = busy_threads

@@ -60,6 +60,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from .. import errorlog
 from ..config import Settings
 from ..logfiles import LogFiles
 from .listener import Listener
@@ -77,7 +78,7 @@ _HANDLED = (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signa
 
 
 def _log(message: str) -> None:
-    print(f"server: {message}", file=sys.stderr, flush=True)
+    errorlog.info("%s", message)
 
 
 class WorkerHooks(Protocol):
@@ -157,9 +158,7 @@ class ForkedWorkers:
                 os.close(fd)
             status = self.boot(slot)
         except BaseException:
-            import traceback
-
-            traceback.print_exc()
+            errorlog.exception("worker %d failed", os.getpid())
         finally:
             with contextlib.suppress(Exception):
                 sys.stdout.flush()

@@ -27,10 +27,10 @@ thread; the timer thread does nothing but call ``Reactor.stop``, which is safe f
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Callable
 
+from .. import errorlog
 from .reactor import Reactor
 
 
@@ -50,8 +50,8 @@ class LameDuck:
             return
         self.reactor.runner.closing = True
         self.announce()
-        print(f"server: draining for {self.delay:g} s (--drain-delay): still serving, every answer with "
-              "Connection: close, /healthz 503; then a graceful shutdown", file=sys.stderr, flush=True)
+        errorlog.info("draining for %g s (--drain-delay): still serving, every answer with Connection: close, "
+                      "/healthz 503; then a graceful shutdown", self.delay)
         self.timer = threading.Timer(self.delay, self.reactor.stop)
         self.timer.daemon = True
         self.timer.start()

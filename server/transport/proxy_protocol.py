@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
 
+from .. import errorlog
 from ..protocol.proxy_header import V1_PREFIX, V2_MAX_BODY, V2_SIGNATURE, ProxyHeaderError, parse
 from ..protocol.writer import error_response, http_date
 
@@ -75,7 +75,7 @@ def take_header(raw: socket.socket, conn: Connection, trusts: Callable[[str], bo
 
 
 def _refuse(raw: socket.socket, conn: Connection, reason: str, plain: bool) -> NoReturn:
-    print(f"server: connection from {conn.peer[0]} refused: {reason}", file=sys.stderr, flush=True)
+    errorlog.warning("connection from %s refused: %s", conn.peer[0], reason)
     with contextlib.suppress(OSError):
         raw.recv(_PEEK)  # what it sent is read, so closing does not turn into a reset that eats the answer
     if plain:

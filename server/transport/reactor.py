@@ -46,13 +46,12 @@ import functools
 import os
 import select
 import socket
-import sys
 import threading
-import traceback
 from collections.abc import Callable
 from time import monotonic
 from typing import cast
 
+from .. import errorlog
 from ..accesslog import AccessLog
 from ..config import Settings
 from ..metrics import ProcessRecorders, Recorder
@@ -355,7 +354,7 @@ class Reactor:
             except OSError as exc:
                 if exc.errno in _ACCEPT_ERRORS:
                     # Out of descriptors or memory: stop accepting briefly instead of spinning.
-                    print(f"server: accept failed ({os.strerror(exc.errno)}); pausing accepts", file=sys.stderr)
+                    errorlog.error("accept failed (%s); pausing accepts", os.strerror(exc.errno))
                     for listen_fd in self.listeners:
                         self.poller.remove(listen_fd)
                     self.accept_paused_until = now + 0.5
@@ -502,7 +501,7 @@ class Reactor:
             self.close_connection(conn)
             return False
         except Exception:
-            traceback.print_exc(file=sys.stderr)
+            errorlog.exception("serving a connection from %s failed", conn.peer[0])
             self.close_connection(conn)
             return False
         phase = parser.phase

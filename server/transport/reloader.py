@@ -17,9 +17,10 @@ writes a file in several steps causes one reload, not two.
 from __future__ import annotations
 
 import os
-import sys
 from importlib.machinery import PathFinder
 from pathlib import Path
+
+from .. import errorlog
 
 POLL_EVERY = 0.5  # seconds
 
@@ -52,8 +53,7 @@ class SourceWatcher:
         module = app_spec.partition(":")[0]
         found = source_root(module) if module else None
         if found is None:
-            print(f"server: --reload: cannot find the source of {module!r} on sys.path; nothing to watch",
-                  file=sys.stderr, flush=True)
+            errorlog.warning("--reload: cannot find the source of %r on sys.path; nothing to watch", module)
             self.root, self.recursive = None, False
         else:
             self.root, self.recursive = found

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 from collections.abc import Callable
 
+from .. import errorlog
 from ..accesslog import AccessLog
 from ..config import Settings
 from ..logfiles import LogFiles
@@ -38,11 +38,18 @@ def install_reload(contexts: TLSContexts | None, *, supervised: bool) -> None:
         return
 
     def on_hup(signum: int, frame: object) -> None:
-        if contexts is not None:
-            contexts.reload()
+        # One line saying what SIGHUP did here. Not a warning when it did what it can: without a master the
+        # code cannot be reloaded, which the line says as a fact, with how to get that.
+        code = "the application's code is reloaded only with a master process (--master)"
+        if contexts is None:
+            errorlog.info("SIGHUP: no TLS certificate to re-read; %s", code)
+            return
+        failure = contexts.reload()
+        if failure is None:
+            errorlog.info("SIGHUP: TLS certificate reloaded from %s for new connections; %s",
+                          contexts.settings.certfile, code)
         else:
-            print("server: SIGHUP: no TLS certificate to reload", file=sys.stderr, flush=True)
-        _without_master(signum, frame)
+            errorlog.error("SIGHUP: TLS reload failed, keeping the current certificate: %s", failure)
 
     signal.signal(signal.SIGHUP, on_hup)
 
@@ -58,19 +65,22 @@ def serve(listeners: list[Listener], app: WSGIApplication, settings: Settings, *
     log_files = log_files or LogFiles()
     if slot is not None:
         log_files.reopen()  # in case SIGUSR1 came while this worker was starting
-    access_log = AccessLog(log_files.access_fd) if settings.access_log else None
+    access_log = AccessLog(log_files.access_fd, line_format=settings.access_log_format,
+                           exclude=settings.access_log_exclude) if settings.access_log else None
     host, port = _server_name(listeners)
-    environ = EnvironBuilder(server_name=host, server_port=port,
-                             proxies=TrustedProxies(settings.forwarded_allow_ips), multiprocess=multiprocess)
+    proxies = TrustedProxies(settings.forwarded_allow_ips)  # one per process: X-Forwarded-* and PROXY headers
+    environ = EnvironBuilder(server_name=host, server_port=port, proxies=proxies, multiprocess=multiprocess)
     runner = WSGIRunner(app, environ, server_header=settings.server_header, access_log=access_log)
     contexts = TLSContexts(settings) if settings.certfile else None
-    proxy_trusts = TrustedProxies(settings.forwarded_allow_ips).trusts if settings.proxy_protocol else None
+    proxy_trusts = proxies.trusts if settings.proxy_protocol else None
     make = connection_factory(contexts, proxy_trusts)
     for listener in listeners:
         if make is not None and listener.kind == "tcp":  # TLS and the PROXY protocol are for TCP listeners
             listener.extra["connection"] = make
-    reactor = Reactor(listeners, runner, settings, access_log, exclusive_accept=multiprocess,
-                      metrics=metrics.recorders() if metrics is not None else None)
+    recorders = metrics.recorders() if metrics is not None else None
+    if recorders is not None and access_log is not None:
+        recorders.access_log_dropped = lambda: access_log.dropped
+    reactor = Reactor(listeners, runner, settings, access_log, exclusive_accept=multiprocess, metrics=recorders)
     stop: Callable[[int, object], None] = make_signal_handler(reactor)
     if settings.drain_delay > 0 and slot is None:
         stop = LameDuck(reactor, environ.announce_draining, settings.drain_delay)
@@ -109,9 +119,9 @@ def _handle_signals(stop: Callable[[int, object], None], access_log: AccessLog |
 
 
 def _without_master(signum: int, frame: object) -> None:
-    print(f"server: {signal.Signals(signum).name}: this server runs without a master process, so there are no "
-          "workers to reload or resize; start it with --master (or --workers 2+, --reload, --max-requests) for "
-          "that", file=sys.stderr, flush=True)
+    errorlog.warning("%s: this server runs without a master process, so there are no workers to add or remove; "
+                     "start it with --master (or --workers 2+, --reload, --max-requests) for that",
+                     signal.Signals(signum).name)
 
 
 def _exit_now(access_log: AccessLog | None) -> None:

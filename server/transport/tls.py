@@ -60,7 +60,6 @@ import contextlib
 import select
 import socket
 import ssl
-import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
@@ -109,15 +108,16 @@ class TLSContexts:
         self.settings = settings
         self.context = build_context(settings)
 
-    def reload(self) -> bool:
-        """Re-read certificate and key from disk; on any error keep serving with the old ones."""
+    def reload(self) -> str | None:
+        """Re-read certificate and key from disk; on any error keep serving with the old ones and say why.
+
+        Returns None on success, else the reason; the caller (SIGHUP) writes one log line either way.
+        """
         try:
             self.context = build_context(self.settings)
         except (OSError, ValueError) as exc:
-            print(f"server: TLS reload failed, keeping the current certificate: {exc}", file=sys.stderr, flush=True)
-            return False
-        print(f"server: TLS certificate reloaded from {self.settings.certfile}", file=sys.stderr, flush=True)
-        return True
+            return str(exc)
+        return None
 
 
 class TLSStream:

@@ -8,13 +8,12 @@ module never touches a socket.
 
 from __future__ import annotations
 
-import sys
 import time
-import traceback
 from collections.abc import Callable, Iterable
 from time import time as _clock
 from typing import Protocol
 
+from .. import errorlog
 from ..accesslog import AccessLog
 from ..protocol import Request, ResponsePlan
 from ..protocol.response import Fields, check_fields, frame
@@ -152,8 +151,8 @@ class _Exchange:
             if len(data) > room:
                 data = data[:room]
                 self.keep_alive = False  # the plan is shared (cached); the exchange decides
-                print(f"wsgi: application sent more than its Content-Length of {plan.content_length}; "
-                      "body truncated and connection closed", file=sys.stderr)
+                errorlog.warning("the application sent more than its Content-Length of %d; body truncated "
+                                 "and connection closed", plan.content_length)
             self.bytes_sent += len(data)
             self.send(head + data)
         else:
@@ -219,13 +218,13 @@ class WSGIRunner:
                 sink.answered = exchange.wrote
             keep = exchange.keep_alive and plan.keep_alive
         except ResponseAborted as exc:
-            print(f"wsgi: {request.method} {request.target}: {exc}; closing the connection", file=sys.stderr)
+            errorlog.error("%s %s: %s; closing the connection", request.method, request.target, exc)
             keep = False
             sink.answered = exchange.wrote
         except OSError:
             raise
         except Exception:
-            traceback.print_exc(file=sys.stderr)
+            errorlog.exception("%s %s: the application failed", request.method, request.target)
             keep = False
             sink.answered = exchange.wrote
             if exchange.plan is None:
