@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import ROOT, wait_until
+from harness import ROOT, wait_until
 
 from server.accesslog import AccessLog, TemplateFormat, check_format
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import both_listeners, require_tool
+from harness import both_listeners, require_tool
 
 from server.protocol import Limits, RequestParser
 from server.wsgi.environ import EnvironBuilder
