@@ -11,13 +11,15 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
 
 from server.config import Settings
-from server.transport.arbiter import Arbiter
+from server.transport.arbiter import Arbiter, ForkedWorkers
 from server.transport.worker import EXIT_BOOT_FAILED, READY, RECYCLE, WorkerSlot
 
 T0 = 1000.0  # the test clock's start (monotonic seconds)
@@ -321,3 +323,59 @@ def test_sigquit_stops_every_worker_at_once(make_arbiter):
     assert arbiter.step(T0 + 1) == 0
     assert workers.sent(signal.SIGQUIT) == [100, 101]
     assert arbiter.children == {} and workers.killed == []
+
+
+def test_restarts_can_be_read_from_another_thread_while_workers_come_and_go(make_arbiter):
+    """The metrics endpoint's thread reads ``restarts`` while the main thread counts into it (module docstring)."""
+    arbiter, workers = make_arbiter(workers=4)
+    now = T0
+    _serving(arbiter, workers, now)
+    stop = threading.Event()
+    seen: list[int] = []
+    errors: list[BaseException] = []
+
+    def scrape() -> None:
+        try:
+            while not stop.is_set():
+                seen.append(sum(arbiter.restarts.values()))  # iterates the dict, as exposition.render does
+        except BaseException as exc:
+            errors.append(exc)
+
+    reader = threading.Thread(target=scrape)
+    reader.start()
+    try:
+        for n in range(2000):
+            now += 2.0  # slower than the crash-loop limit
+            workers.exit(workers.alive[n % 4], -signal.SIGKILL)
+            workers.beat_all(now)
+            arbiter.step(now)
+    finally:
+        stop.set()
+        reader.join()
+    assert errors == []
+    assert arbiter.restarts["crash"] == 2000 and len(workers.alive) == 4
+    assert seen == sorted(seen) and seen[-1] <= 2000  # every reading was a count that had been reached
+
+
+def test_forked_workers_start_signal_and_reap_real_processes():
+    """The real WorkerProcesses: a forked worker's exit status and death by signal come back from reap.
+
+    reap waits for any child of this process, so only these two pids are looked at.
+    """
+    slots = [WorkerSlot(T0), WorkerSlot(T0)]
+    workers = ForkedWorkers(lambda slot: 7 if slot is slots[0] else signal.pause() or 0)
+    pids = [workers.start(slot) for slot in slots]
+    try:
+        workers.signal(pids[1], signal.SIGTERM)
+        reaped: dict[int, int] = {}
+        deadline = time.monotonic() + 10
+        while not set(pids) <= reaped.keys() and time.monotonic() < deadline:
+            reaped.update(workers.reap())  # returns at once when no child has exited: it never blocks
+            time.sleep(0.01)
+        assert {pid: reaped.get(pid) for pid in pids} == {pids[0]: 7, pids[1]: -signal.SIGTERM}
+        workers.signal(pids[0], signal.SIGTERM)  # already reaped: nothing happens
+    finally:
+        for pid in pids:
+            workers.kill(pid)
+        for slot in slots:
+            slot.close()

@@ -110,7 +110,10 @@ class ProcessRecorders:
         main[IDLE_CONNECTIONS] = idle_connections
         main[BUSY_THREADS] = busy_threads
         for recorder, start in zip(self.threads, self._starts, strict=True):
-            row = array.array("q", recorder.counts)  # one C-level copy: a consistent reading of the list
+            # One C-level copy of a list another thread is adding to. Each cell comes out as a value its
+            # owner stored (with the GIL the whole row is one moment; without, cells may be from moments
+            # apart, each still a count that was reached), so a scrape never sees a counter go back.
+            row = array.array("q", recorder.counts)
             row[BYTES_IN] = recorder.bytes_in
             row[BYTES_OUT] = recorder.bytes_out
             self._cells[start:start + ROW] = row
