@@ -262,6 +262,10 @@ OPTIONS: tuple[Option, ...] = (
            "Most bytes in the whole request head (431 beyond).", group="limits"),
     Option("max_body_size", _PARSER.max_body_size, _non_negative_int,
            "Largest request body in bytes, Content-Length or chunked (413 beyond).", group="limits"),
+    Option("max_body_in_memory", _PARSER.max_body_in_memory, _non_negative_int,
+           "Bytes of one request body held in memory while it arrives; the rest waits in an anonymous "
+           "temporary file (in TMPDIR) until the application reads it, so memory per connection stays bounded.",
+           group="limits"),
     Option("max_chunk_ext", _PARSER.max_chunk_ext, _positive_int,
            "Longest chunk-extension / chunk-size line in bytes.", group="limits"),
     Option("max_pipeline", 32, _positive_int,
@@ -357,6 +361,7 @@ class Settings:
     max_header_size: int = _PARSER.max_header_size
     max_headers_total: int = _PARSER.max_headers_total
     max_body_size: int = _PARSER.max_body_size
+    max_body_in_memory: int = _PARSER.max_body_in_memory
     max_chunk_ext: int = _PARSER.max_chunk_ext
     max_pipeline: int = 32
     forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
@@ -399,7 +404,8 @@ class Settings:
         """The parser's share of the settings."""
         return Limits(max_request_line=self.max_request_line, max_header_count=self.max_header_count,
                       max_header_size=self.max_header_size, max_headers_total=self.max_headers_total,
-                      max_body_size=self.max_body_size, max_chunk_ext=self.max_chunk_ext)
+                      max_body_size=self.max_body_size, max_body_in_memory=self.max_body_in_memory,
+                      max_chunk_ext=self.max_chunk_ext)
 
 
 def _check_table() -> None:

@@ -250,3 +250,39 @@ def input_probe(environ, start_response):
     data = json.dumps(info).encode()
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
     return [data]
+
+
+def body_probe(environ, start_response):
+    """Reads the whole ``wsgi.input`` the way QUERY_STRING names, then once more past its end.
+
+    Ways: read (one read()), read_n (read(7) until empty), readline, readline_n (readline(5)),
+    readlines, readlines_hint (readlines(100) until empty), iter. Reports the body's length and
+    SHA-256, CONTENT_LENGTH, how many pieces the reads gave and what reading past the end gave.
+    """
+    import hashlib
+
+    stream = environ["wsgi.input"]
+    way = environ["QUERY_STRING"]
+    if way == "read":
+        pieces = [stream.read()]
+    elif way == "read_n":
+        pieces = list(iter(lambda: stream.read(7), b""))
+    elif way == "readline":
+        pieces = list(iter(stream.readline, b""))
+    elif way == "readline_n":
+        pieces = list(iter(lambda: stream.readline(5), b""))
+    elif way == "readlines":
+        pieces = stream.readlines()
+    elif way == "readlines_hint":
+        pieces = []
+        while batch := stream.readlines(100):
+            pieces.extend(batch)
+    else:
+        pieces = list(stream)
+    body = b"".join(pieces)
+    info = {"length": len(body), "sha256": hashlib.sha256(body).hexdigest(),
+            "content_length": environ.get("CONTENT_LENGTH"), "pieces": len(pieces),
+            "after": [len(stream.read()), len(stream.read(10)), len(stream.readline())]}
+    data = json.dumps(info).encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+    return [data]

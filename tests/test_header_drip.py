@@ -9,14 +9,12 @@ server's CPU time is read from /proc.
 
 from __future__ import annotations
 
-import os
 import socket
 import statistics
-import struct
 import time
 
 import pytest
-from harness import both_listeners
+from harness import ReceiveQueue, both_listeners, proc_cpu_seconds
 
 from server.protocol import Limits, Phase, RequestParser
 
@@ -93,44 +91,6 @@ def test_dripped_bad_head_is_refused_as_the_whole_one(data, status, detail):
     assert (dripped_error.value.status, dripped_error.value.detail) == (status, refused.value.detail)
 
 
-def process_cpu(pid: int) -> float:
-    """User plus system CPU seconds of a process, from /proc/<pid>/stat."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class ReceiveQueue:
-    """How many bytes the server side of a loopback TCP connection has received but not read yet.
-
-    Asked of the kernel by sock_diag netlink (an exact lookup, about 10 us); /proc/net/tcp lists every
-    socket on the machine and takes milliseconds to read.
-    """
-
-    def __init__(self, server: tuple[str, int], client: tuple[str, int]) -> None:
-        sockid = struct.pack("!HH16s16s", server[1], client[1], socket.inet_aton(server[0]) + bytes(12),
-                             socket.inet_aton(client[0]) + bytes(12))
-        sockid += struct.pack("=III", 0, 0xFFFFFFFF, 0xFFFFFFFF)  # any interface, no cookie
-        request = struct.pack("=BBBBI", socket.AF_INET, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF) + sockid
-        self._message = struct.pack("=IHHII", 16 + len(request), _SOCK_DIAG_BY_FAMILY, 1, 0, 0) + request
-        self._netlink = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG)
-
-    def unread(self) -> int:
-        self._netlink.send(self._message)
-        answer = self._netlink.recv(65536)
-        kind = struct.unpack_from("=H", answer, 4)[0]
-        assert kind == _SOCK_DIAG_BY_FAMILY, f"sock_diag answered message type {kind}"
-        return struct.unpack_from("=I", answer, _RQUEUE_AT)[0]
-
-    def close(self) -> None:
-        self._netlink.close()
-
-
-_NETLINK_SOCK_DIAG = 4
-_SOCK_DIAG_BY_FAMILY = 20
-_RQUEUE_AT = 16 + 4 + 48 + 4  # netlink header, inet_diag_msg's family..retrans, its socket id, expires
-
-
 def drip_cost(server, data: bytes) -> float:
     """Server CPU seconds spent while a client sends ``data`` one byte per TCP segment, then reads the answer.
 
@@ -141,13 +101,13 @@ def drip_cost(server, data: bytes) -> float:
     queue = ReceiveQueue(client.sock.getpeername(), client.sock.getsockname())
     try:
         client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        before = process_cpu(server.proc.pid)
+        before = proc_cpu_seconds(server.proc.pid)
         for i in range(len(data)):
             client.sock.sendall(data[i:i + 1])
             while queue.unread():
                 pass
         status, _, body = client.read_response(timeout=30)
-        spent = process_cpu(server.proc.pid) - before
+        spent = proc_cpu_seconds(server.proc.pid) - before
     finally:
         queue.close()
         client.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import IO
 
 
 @dataclass(slots=True)
@@ -27,6 +28,9 @@ class Request:
     expect_continue: bool
     chunked: bool
     body: bytes = b""
+    # A body larger than the parser keeps in memory, at position 0; ``body`` is empty then. Whoever
+    # handles the request closes it (the WSGI runner, once the answer is out).
+    body_file: IO[bytes] | None = None
 
     def header(self, name: str) -> str | None:
         """First value of a header (name in lower case), or None."""

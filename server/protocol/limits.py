@@ -12,5 +12,6 @@ class Limits:
     max_header_size: int = 8190
     max_headers_total: int = 65536
     max_body_size: int = 1048576
+    max_body_in_memory: int = 65536  # more than this waits in a file, when the parser is given one (body.py)
     max_chunk_ext: int = 1024
     max_leading_empty_lines: int = 4

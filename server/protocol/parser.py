@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import enum
 import re
+import sys
 from operator import ne
 
+from .body import BodyBuffer, SpillFactory
 from .block_shape import SHAPES_PER_CONNECTION, BlockShape, build_shape
 from .errors import ProtocolError, field_error, request_line_error
 from .events import Request
@@ -86,6 +88,7 @@ class _State(enum.Enum):
     TRAILERS = 5
 
 
+_RUN_CHUNK = 64  # chunks up to this size that repeat their size line are read as a run (_read_chunk_run)
 _REMEMBER_BLOCK = 2048  # longest header block a parser keeps to compare with the next one
 _KNOWN_LINES = 16  # header lines a parser keeps, each up to _KNOWN_LINE_SIZE characters
 _KNOWN_LINE_SIZE = 160
@@ -154,13 +157,22 @@ class RequestParser:
     """Turns a byte stream into ``Request`` objects, one complete request at a time."""
 
     __slots__ = ("_body", "_buf", "_changed", "_checked", "_continue_due", "_empty_lines", "_first_blocks",
+                 "_in_memory", "_run_line", "_run_size", "_spill",
                  "_known_lines", "_last_block", "_last_eol", "_last_fields", "_last_lines", "_limits", "_line_end",
                  "_pending", "_remaining", "_scan_from", "_shape", "_shapes_left", "_state", "_trailer_bytes",
                  "_trailer_count")
 
-    def __init__(self, limits: Limits | None = None, first_blocks: FirstBlocks | None = None) -> None:
-        """``first_blocks``: a memo shared by the parsers of one server, all with these ``limits``."""
-        self._limits = limits or Limits()
+    def __init__(self, limits: Limits | None = None, first_blocks: FirstBlocks | None = None,
+                 spill: SpillFactory | None = None) -> None:
+        """``first_blocks``: a memo shared by the parsers of one server, all with these ``limits``.
+
+        ``spill`` opens the anonymous file a body larger than ``limits.max_body_in_memory`` moves to
+        (body.py); without it bodies stay in memory.
+        """
+        self._limits = limits = limits or Limits()
+        self._spill = spill
+        # A body that came whole with its head is copied out at once when it may stay in memory.
+        self._in_memory = limits.max_body_in_memory if spill is not None else sys.maxsize
         self._first_blocks = first_blocks
         self._buf = bytearray()
         # While a head (or a chunk-size or trailer line) is incomplete, what the buffer was already
@@ -172,8 +184,11 @@ class RequestParser:
         self._last_eol = -1  # where the last CRLF of the incomplete head starts
         self._state = _State.HEAD
         self._pending: Request | None = None
-        self._body = bytearray()
+        self._body: BodyBuffer | None = None  # made for the first body that arrives in pieces
         self._remaining = 0
+        # The last chunk-size line (CRLF included) and its size: chunks that repeat it are read as a run.
+        self._run_line = b""
+        self._run_size = 0
         self._continue_due = False
         self._empty_lines = 0
         self._trailer_bytes = 0
@@ -266,7 +281,7 @@ class RequestParser:
         if self._state is _HEAD:
             return request
         remaining = self._remaining
-        if self._state is _LENGTH_BODY and len(buf) >= remaining:
+        if self._state is _LENGTH_BODY and len(buf) >= remaining and remaining <= self._in_memory:
             # the whole body came with the head: one copy, none of the incremental bookkeeping
             if len(buf) == remaining:
                 request.body = bytes(buf)
@@ -278,6 +293,8 @@ class RequestParser:
             self._continue_due = False
             return request
         self._pending = request
+        if self._body is None:
+            self._body = BodyBuffer(self._limits.max_body_in_memory, self._spill)
         return self._next_body()
 
     def _next_body(self) -> Request | None:
@@ -289,8 +306,8 @@ class RequestParser:
                 return None
         elif not self._read_chunked_body():
             return None
-        request.body = bytes(self._body)
-        self._body = bytearray()
+        assert self._body is not None
+        request.body, request.body_file = self._body.finish()
         self._state = _HEAD
         self._pending = None
         self._continue_due = False
@@ -547,14 +564,63 @@ class RequestParser:
             self._continue_due = expect_continue
         return request
 
+    def close(self) -> None:
+        """The connection is gone: let go of a half-received body (and its file)."""
+        if self._body is not None:
+            self._body.discard()
+
     def _read_length_body(self) -> bool:
         buf = self._buf
         take = min(self._remaining, len(buf))
         if take:
-            self._body += buf[:take]
-            del buf[:take]
+            assert self._body is not None
+            if take == len(buf):
+                self._body.write(bytes(buf))
+                buf.clear()
+            else:
+                self._body.write(buf[:take])
+                del buf[:take]
             self._remaining -= take
         return self._remaining == 0
+
+    def _read_chunk_run(self) -> None:
+        """Take as many whole chunks as follow with the same size line as the last, in a few C-level passes.
+
+        A client that sends a body in tiny chunks (one byte each: six bytes on the wire per byte of body)
+        would otherwise cost a round of the chunk loop in Python per chunk. Chunks of ``k`` bytes with
+        the same size line ``L`` repeat with a period of ``len(L) + k + 2`` bytes, so one strided slice
+        per position of ``L`` and of the CRLF after the data checks that position in every chunk at
+        once (the run ends at the first chunk that differs anywhere), and ``k`` strided slices gather
+        the data. The line was checked when it came; a chunk that differs is read the usual way.
+        """
+        buf = self._buf
+        line, size = self._run_line, self._run_size
+        period = len(line) + size + 2
+        count = len(buf) // period
+        body = self._body
+        assert body is not None
+        count = min(count, (self._limits.max_body_size - body.size) // size)  # the usual path says 413
+        if count < 2:
+            return
+        frame = line + b"\0" * size + b"\r\n"
+        for offset in (*range(len(line)), len(line) + size, len(line) + size + 1):
+            column = buf[offset:count * period:period]
+            byte = frame[offset:offset + 1]
+            if column != byte * count:  # a memcmp; only where the run ends, the slower count of equal bytes
+                count = len(column) - len(column.lstrip(byte))
+                if count < 2:
+                    return
+        end = count * period
+        start = len(line)
+        if size == 1:
+            data = buf[start:end:period]
+        else:
+            data = bytearray(count * size)
+            for i in range(size):
+                data[i::size] = buf[start + i:end:period]
+        body.write(data)
+        del buf[:end]
+        self._scan_from = 0  # the buffer's start moved: a line search starts over
 
     def _read_chunked_body(self) -> bool:
         buf = self._buf
@@ -562,6 +628,8 @@ class RequestParser:
         while True:
             state = self._state
             if state is _State.CHUNK_SIZE:
+                if self._run_size and buf.startswith(self._run_line):
+                    self._read_chunk_run()
                 line = self._take_line(limits.max_chunk_ext, 400, "chunk size line")
                 if line is None:
                     return False
@@ -570,13 +638,17 @@ class RequestParser:
                     raise ProtocolError(400, f"invalid chunk size line {line[:40].decode('latin-1')!r}; "
                                              "expected hex digits and optional extensions")
                 size = int(match.group(1), 16)
-                if len(self._body) + size > limits.max_body_size:
+                body = self._body
+                assert body is not None
+                if body.size + size > limits.max_body_size:
                     raise ProtocolError(413, f"request body is larger than {limits.max_body_size} bytes")
                 if size == 0:
                     self._state = _State.TRAILERS
                 else:
                     self._remaining = size
                     self._state = _State.CHUNK_DATA
+                    if size <= _RUN_CHUNK:
+                        self._run_line, self._run_size = line + b"\r\n", size
             elif state is _State.CHUNK_DATA:
                 if not self._read_length_body():
                     return False

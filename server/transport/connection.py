@@ -231,6 +231,7 @@ class Connection:
         self.drain_deadline = now + seconds
 
     def close(self) -> None:
+        self.parser.close()  # a half-received body's file, if any
         try:  # noqa: SIM105 - once per connection: contextlib.suppress would add three Python calls
             self.sock.close()
         except OSError:

@@ -46,6 +46,7 @@ import functools
 import os
 import select
 import socket
+import tempfile
 import threading
 from collections.abc import Callable
 from time import monotonic
@@ -104,7 +105,9 @@ class Reactor:
         self.settings = settings
         self.access_log = access_log
         # One parser per connection; the parsers share what new connections usually begin with.
-        self.new_parser = functools.partial(RequestParser, settings.limits(), FirstBlocks())
+        # A body beyond --max-body-in-memory waits in an anonymous file (protocol/body.py).
+        self.new_parser = functools.partial(RequestParser, settings.limits(), FirstBlocks(),
+                                            spill=tempfile.TemporaryFile)
         self._max_pipeline = settings.max_pipeline
         self.poller = Poller()
         self._rearm_needed = self.poller.needs_rearm

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import sys
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -74,13 +75,21 @@ class EnvironBuilder:
         env["QUERY_STRING"] = request.query
         env["SERVER_PROTOCOL"] = request.version
         env["REQUEST_URI"] = env["RAW_URI"] = target
-        env["wsgi.input"] = io.BytesIO(body) if body else EMPTY_INPUT
+        if body:
+            env["wsgi.input"] = io.BytesIO(body)
+            size = len(body)
+        elif (file := request.body_file) is not None:
+            env["wsgi.input"] = file  # a body larger than the parser keeps in memory (protocol/body.py)
+            size = os.fstat(file.fileno()).st_size
+        else:
+            env["wsgi.input"] = EMPTY_INPUT
+            size = 0
         env["REMOTE_ADDR"] = peer[0]
         env["REMOTE_PORT"] = peer[1]
         if len(peer) > 2:  # a TLS connection: https and what its handshake established (server/transport/tls.py)
             env.update(peer[2])
-        if body or request.chunked or request.method in _BODY_METHODS:
-            env["CONTENT_LENGTH"] = str(len(body))
+        if size or request.chunked or request.method in _BODY_METHODS:
+            env["CONTENT_LENGTH"] = str(size)
         keys = _KEYS
         for name, value in request.headers:
             try:

@@ -233,6 +233,9 @@ class WSGIRunner:
                                         date=self.dates.now(), server=self.server_header)
                 sink.send_response(answer)
                 sink.answered = len(answer)
+        finally:
+            if request.body_file is not None:
+                request.body_file.close()  # the spilled body: its file is gone with it (protocol/body.py)
         fields = exchange.fields
         status = sink.status = fields[1] if fields is not None else 500
         if log is not None:

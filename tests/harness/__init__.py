@@ -12,9 +12,9 @@ Tests import from here (``from harness import RawClient, get``): tests/ is on sy
 """
 
 from .certificates import TLSFiles, make_tls_files
-from .client import RawClient, fetch, get, read_to_eof
+from .client import RawClient, ReceiveQueue, fetch, get, read_to_eof
 from .nginx import NGINX_DEFAULTS, NGINX_TEMPLATE, NginxProxy, render_nginx_template, start_nginx
-from .processes import proc_children, proc_fds, proc_threads
+from .processes import proc_children, proc_cpu_seconds, proc_fds, proc_rss, proc_threads
 from .server import LISTENING, READY, ServerProcess, both_listeners, start_server
 from .stalling import StallingClients
 from .tools import IN_CI, ROOT, require_tool, wait_until
@@ -28,6 +28,7 @@ __all__ = [
     "ROOT",
     "NginxProxy",
     "RawClient",
+    "ReceiveQueue",
     "ServerProcess",
     "StallingClients",
     "TLSFiles",
@@ -36,7 +37,9 @@ __all__ = [
     "get",
     "make_tls_files",
     "proc_children",
+    "proc_cpu_seconds",
     "proc_fds",
+    "proc_rss",
     "proc_threads",
     "read_to_eof",
     "render_nginx_template",

@@ -1,4 +1,5 @@
-"""Clients of the tests' own: a raw socket client with a minimal HTTP/1.1 reader, and one-shot requests."""
+"""Clients of the tests' own: a raw socket client with a minimal HTTP/1.1 reader, one-shot requests, and
+the kernel's count of bytes a loopback server has not read yet (ReceiveQueue)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import contextlib
 import http.client
 import socket
 import ssl
+import struct
 from urllib.parse import urlsplit
 
 
@@ -157,3 +159,34 @@ def fetch(url: str, path: str, method: str = "GET", body: bytes | None = None,
         return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
     finally:
         conn.close()
+
+
+class ReceiveQueue:
+    """How many bytes the server side of a loopback TCP connection has received but not read yet.
+
+    Asked of the kernel by sock_diag netlink (an exact lookup, about 10 us); /proc/net/tcp lists every
+    socket on the machine and takes milliseconds to read.
+    """
+
+    def __init__(self, server: tuple[str, int], client: tuple[str, int]) -> None:
+        sockid = struct.pack("!HH16s16s", server[1], client[1], socket.inet_aton(server[0]) + bytes(12),
+                             socket.inet_aton(client[0]) + bytes(12))
+        sockid += struct.pack("=III", 0, 0xFFFFFFFF, 0xFFFFFFFF)  # any interface, no cookie
+        request = struct.pack("=BBBBI", socket.AF_INET, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF) + sockid
+        self._message = struct.pack("=IHHII", 16 + len(request), _SOCK_DIAG_BY_FAMILY, 1, 0, 0) + request
+        self._netlink = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG)
+
+    def unread(self) -> int:
+        self._netlink.send(self._message)
+        answer = self._netlink.recv(65536)
+        kind = struct.unpack_from("=H", answer, 4)[0]
+        assert kind == _SOCK_DIAG_BY_FAMILY, f"sock_diag answered message type {kind}"
+        return struct.unpack_from("=I", answer, _RQUEUE_AT)[0]
+
+    def close(self) -> None:
+        self._netlink.close()
+
+
+_NETLINK_SOCK_DIAG = 4
+_SOCK_DIAG_BY_FAMILY = 20
+_RQUEUE_AT = 16 + 4 + 48 + 4  # netlink header, inet_diag_msg's family..retrans, its socket id, expires

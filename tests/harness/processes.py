@@ -27,3 +27,17 @@ def proc_children(pid: int) -> set[int]:
         with contextlib.suppress(FileNotFoundError):
             children.update(int(p) for p in Path(f"/proc/{pid}/task/{task}/children").read_text().split())
     return children
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds a process has used (all its threads), from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_rss(pid: int) -> int:
+    """Resident memory of a process in bytes, from the VmRSS: line of /proc/<pid>/status."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS line for pid {pid}")
