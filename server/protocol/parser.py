@@ -14,8 +14,8 @@ import re
 import sys
 from operator import ne
 
-from .body import BodyBuffer, SpillFactory
 from .block_shape import SHAPES_PER_CONNECTION, BlockShape, build_shape
+from .body import BodyBuffer, SpillFactory
 from .errors import ProtocolError, field_error, request_line_error
 from .events import Request
 from .first_blocks import FirstBlocks
@@ -156,11 +156,34 @@ _LENGTH_BODY = _State.LENGTH_BODY
 class RequestParser:
     """Turns a byte stream into ``Request`` objects, one complete request at a time."""
 
-    __slots__ = ("_body", "_buf", "_changed", "_checked", "_continue_due", "_empty_lines", "_first_blocks",
-                 "_in_memory", "_run_line", "_run_size", "_spill",
-                 "_known_lines", "_last_block", "_last_eol", "_last_fields", "_last_lines", "_limits", "_line_end",
-                 "_pending", "_remaining", "_scan_from", "_shape", "_shapes_left", "_state", "_trailer_bytes",
-                 "_trailer_count")
+    __slots__ = (
+        "_body",
+        "_buf",
+        "_changed",
+        "_checked",
+        "_continue_due",
+        "_empty_lines",
+        "_first_blocks",
+        "_in_memory",
+        "_known_lines",
+        "_last_block",
+        "_last_eol",
+        "_last_fields",
+        "_last_lines",
+        "_limits",
+        "_line_end",
+        "_pending",
+        "_remaining",
+        "_run_line",
+        "_run_size",
+        "_scan_from",
+        "_shape",
+        "_shapes_left",
+        "_spill",
+        "_state",
+        "_trailer_bytes",
+        "_trailer_count",
+    )
 
     def __init__(self, limits: Limits | None = None, first_blocks: FirstBlocks | None = None,
                  spill: SpillFactory | None = None) -> None:
