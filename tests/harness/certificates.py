@@ -5,6 +5,10 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # cryptography is imported only when certificates are made (tls_certs skips without it)
+    from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
 
 
 @dataclass
@@ -13,7 +17,7 @@ class TLSFiles:
 
     directory: Path
     ca_cert: Path
-    ca_key: object
+    ca_key: EllipticCurvePrivateKey
     server_cert: Path
     server_key: Path
     client_cert: Path
@@ -33,13 +37,13 @@ class TLSFiles:
                       password=password)
 
 
-def _new_key():
+def _new_key() -> EllipticCurvePrivateKey:
     from cryptography.hazmat.primitives.asymmetric import ec
 
     return ec.generate_private_key(ec.SECP256R1())  # ECDSA: fast handshakes on a busy test machine
 
 
-def _write_key(path: Path, key, password: bytes | None = None) -> None:
+def _write_key(path: Path, key: EllipticCurvePrivateKey, password: bytes | None = None) -> None:
     from cryptography.hazmat.primitives import serialization
 
     encryption = (serialization.BestAvailableEncryption(password) if password
@@ -47,7 +51,8 @@ def _write_key(path: Path, key, password: bytes | None = None) -> None:
     path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption))
 
 
-def _issue(directory: Path, name: str, common_name: str, ca_cert_path: Path | None, ca_key, *,
+def _issue(directory: Path, name: str, common_name: str, ca_cert_path: Path | None,
+           ca_key: EllipticCurvePrivateKey | None, *,
            server: bool = True, password: bytes | None = None) -> tuple[Path, Path]:
     import datetime
     import ipaddress
@@ -64,6 +69,8 @@ def _issue(directory: Path, name: str, common_name: str, ca_cert_path: Path | No
         issuer, signing_key = subject, key
     else:
         ca_cert = x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
+        if ca_key is None:
+            raise ValueError("a certificate signed by a CA needs the CA's key")
         issuer, signing_key = ca_cert.subject, ca_key
     builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(key.public_key())
                .serial_number(x509.random_serial_number())
@@ -93,9 +100,12 @@ def _issue(directory: Path, name: str, common_name: str, ca_cert_path: Path | No
 def make_tls_files(directory: Path) -> TLSFiles:
     """In ``directory``: a CA, and a server (CN localhost) and a client certificate (CN alice) it signed."""
     from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
 
     ca_cert, ca_key_path = _issue(directory, "ca", "calc test CA", None, None)
     ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
+    if not isinstance(ca_key, EllipticCurvePrivateKey):
+        raise TypeError(f"the test CA's key should be the ECDSA key _new_key made, not {type(ca_key).__name__}")
     server_cert, server_key = _issue(directory, "server", "localhost", ca_cert, ca_key)
     client_cert, client_key = _issue(directory, "client", "alice", ca_cert, ca_key, server=False)
     return TLSFiles(directory, ca_cert, ca_key, server_cert, server_key, client_cert, client_key)

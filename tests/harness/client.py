@@ -151,6 +151,8 @@ def fetch(url: str, path: str, method: str = "GET", body: bytes | None = None,
           timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
     """One request on a fresh connection with the standard library's client: (status, lower-case headers, body)."""
     parts = urlsplit(url)
+    if parts.hostname is None:
+        raise ValueError(f"no host in {url!r}")
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout,
                                       source_address=(source, 0) if source else None)
     try:
@@ -181,7 +183,7 @@ class ReceiveQueue:
         answer = self._netlink.recv(65536)
         kind = struct.unpack_from("=H", answer, 4)[0]
         assert kind == _SOCK_DIAG_BY_FAMILY, f"sock_diag answered message type {kind}"
-        return struct.unpack_from("=I", answer, _RQUEUE_AT)[0]
+        return int(struct.unpack_from("=I", answer, _RQUEUE_AT)[0])
 
     def close(self) -> None:
         self._netlink.close()
