@@ -121,7 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 worker_app = load_app(settings.app)
             except Exception as exc:  # a syntax error in reloaded code too: the master keeps the old workers
-                detail = "".join(traceback.format_exception_only(exc)).strip()
+                detail = str(exc) if isinstance(exc, ValueError) else "".join(
+                    traceback.format_exception_only(exc)).strip()
                 log.error("worker %d cannot load the application: %s", os.getpid(), detail)
                 return EXIT_BOOT_FAILED
             return serve(listeners, worker_app, settings, multiprocess=True, metrics=metrics, log_files=log_files,

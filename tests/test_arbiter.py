@@ -429,7 +429,7 @@ def test_reload_watches_the_source_and_survives_a_syntax_error(app_dir, versione
 def test_sigusr1_reopens_the_log_files_after_rotation(app_dir, tmp_path):
     access, errors = tmp_path / "access.log", tmp_path / "error.log"
     server = start_server("--app", "versioned:app", "--workers", "2", "--access-logfile", str(access),
-                          "--error-logfile", str(errors), env=_env(app_dir))
+                          "--error-logfile", str(errors), env=_env(app_dir), error_log=errors)
     try:
         master = server.proc.pid
         wait_until(lambda: _children(master, 2), timeout=15, what="two workers")
@@ -463,8 +463,9 @@ def test_workers_that_cannot_load_the_app_stop_the_master_with_a_clear_error(ser
                              "no_such_module_xyz:app"], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=30)
     assert result.returncode == 2
-    assert "cannot load the application: ModuleNotFoundError" in result.stderr
-    assert "the workers could not load the application; exiting" in result.stderr
+    assert "cannot load the application: --app 'no_such_module_xyz:app': no module named 'no_such_module_xyz'" \
+        in result.stderr
+    assert "ERROR [" in result.stderr and "the workers could not load the application; exiting" in result.stderr
     assert "listening on" not in result.stdout
 
 

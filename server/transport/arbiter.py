@@ -49,6 +49,7 @@ argument, so the reconciliation runs in-process on a clock the test sets.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 import select
@@ -77,8 +78,8 @@ _HANDLED = (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signa
             signal.SIGQUIT)
 
 
-def _log(message: str) -> None:
-    errorlog.info("%s", message)
+def _log(message: str, level: int = logging.INFO) -> None:
+    errorlog.LOG.log(level, "%s", message)
 
 
 class WorkerHooks(Protocol):
@@ -241,7 +242,7 @@ class Arbiter:
             return self._shutdown(fast=stop == signal.SIGQUIT)
         self._reap(now)
         if self._startup_failed:
-            _log("the workers could not load the application; exiting")
+            _log("the workers could not load the application; exiting", logging.ERROR)
             self._shutdown(fast=True)
             return 2
         self._check_slots(now)
@@ -343,7 +344,7 @@ class Arbiter:
         try:
             pid = self.processes.start(slot)
         except OSError as exc:  # out of processes or memory: back off as after a crash, try again later
-            _log(f"cannot start a worker: {exc.strerror or exc}")
+            _log(f"cannot start a worker: {exc.strerror or exc}", logging.ERROR)
             self._crashes.append(now)
             slot.close()
             if self.hooks is not None:  # give back what before_fork took, as for a worker that ran and died
@@ -381,7 +382,7 @@ class Arbiter:
             if now - beat > timeout and not child.retiring:  # a retiring one has its graceful deadline
                 what = "booted" if state == BOOTING else "sent a heartbeat"
                 _log(f"worker {child.pid} has not {what} for {now - beat:.1f} s (--worker-timeout {timeout:g}); "
-                     "killing it")
+                     "killing it", logging.WARNING)
                 child.killed = True
                 self._retire(child, "timeout", now, signal.SIGKILL)
             elif child.retiring and now - child.retiring > grace:
@@ -401,7 +402,7 @@ class Arbiter:
                 self._boot_failed(child)
             else:
                 reason = "crash"
-                _log(f"worker {pid} died ({how}); starting a replacement")
+                _log(f"worker {pid} died ({how}); starting a replacement", logging.WARNING)
                 self._crashes.append(now)
             if reason is not None:
                 self.restarts[reason] += 1
@@ -415,7 +416,7 @@ class Arbiter:
             return
         old = self.serving
         _log(f"worker {child.pid} could not load the new code (see above); the previous code keeps serving in "
-             f"{old} worker{'s' if old != 1 else ''} until a reload succeeds")
+             f"{old} worker{'s' if old != 1 else ''} until a reload succeeds", logging.ERROR)
 
     def _signal_all(self, signum: int) -> None:
         for pid in self.children:

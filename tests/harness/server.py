@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from .client import RawClient
-from .tools import ROOT
+from .tools import ROOT, wait_until
 
 READY = re.compile(r"listening on https?://(?P<host>\[[^\]]+\]|[^\s:]+):(?P<port>\d+)")
 LISTENING = re.compile(r"listening on (?P<addresses>.+?) \(pid (?P<pid>\d+)")  # every listener, any kind
@@ -90,8 +90,9 @@ class ServerProcess:
 
 def start_server(*args: str, env: dict[str, str] | None = None, timeout: float = 15.0,
                  cwd: Path | None = None, command: list[str] | None = None,
-                 pass_fds: tuple[int, ...] = ()) -> ServerProcess:
-    """Start ``python3 -m server --port 0 ARGS`` and wait for its ready line.
+                 pass_fds: tuple[int, ...] = (), error_log: Path | None = None) -> ServerProcess:
+    """Start ``python3 -m server --port 0 ARGS`` and wait for its ready line (in ``error_log``, the file
+    given as --error-logfile, if there is one: the ready line is an error-log line).
 
     ``command`` replaces ``python3 -m server`` (an installed ``calc-server``, a wrapper that sets up
     socket activation); ``pass_fds`` are inherited by the server. With only non-TCP listeners (--bind
@@ -116,7 +117,14 @@ def start_server(*args: str, env: dict[str, str] | None = None, timeout: float =
     server._reader = threading.Thread(target=pump, daemon=True)
     server._reader.start()
     try:
-        ready = server.wait_for_line(LISTENING.pattern, timeout=timeout)
+        if error_log is None:
+            ready = server.wait_for_line(LISTENING.pattern, timeout=timeout)
+        else:  # --error-logfile: the ready line is an error-log line, so it is in that file
+            def ready_line() -> re.Match[str] | None:
+                lines = error_log.read_text().splitlines() if error_log.exists() else []
+                return next(filter(None, map(LISTENING.search, lines)), None)
+
+            ready = wait_until(ready_line, timeout=timeout, what=f"the ready line in {error_log}")
     except AssertionError:
         server.stop(timeout=5)
         raise
