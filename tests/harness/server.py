@@ -124,7 +124,9 @@ def start_server(*args: str, env: dict[str, str] | None = None, timeout: float =
                 lines = error_log.read_text().splitlines() if error_log.exists() else []
                 return next(filter(None, map(LISTENING.search, lines)), None)
 
-            ready = wait_until(ready_line, timeout=timeout, what=f"the ready line in {error_log}")
+            found = wait_until(ready_line, timeout=timeout, what=f"the ready line in {error_log}")
+            assert found is not None
+            ready = found
     except AssertionError:
         server.stop(timeout=5)
         raise
