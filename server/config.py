@@ -61,22 +61,31 @@ def _port(text: str) -> int:
     return value
 
 
-def _seconds(text: str) -> float:
+# Longest timeout or delay accepted, in seconds (about 11.6 days): far beyond any useful one, and
+# within what poll(2) takes (milliseconds in a C int) and what thread waits take.
+MAX_SECONDS = 1_000_000
+
+
+def _number_of_seconds(text: str, example: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise ValueError("expected a number of seconds, such as 30 or 0.5") from None
+        raise ValueError(f"expected a number of seconds, such as {example}") from None
+    if value > MAX_SECONDS:  # inf too; NaN is refused by the callers' lower bounds
+        raise ValueError(f"must be at most {MAX_SECONDS} seconds (about 11 days), got {text}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = _number_of_seconds(text, "30 or 0.5")
     if not value > 0:
         raise ValueError(f"must be a positive number of seconds, got {text}")
     return value
 
 
 def _non_negative_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError("expected a number of seconds, such as 5 or 0 for none") from None
-    if not 0 <= value < float("inf"):
+    value = _number_of_seconds(text, "5 or 0 for none")
+    if not value >= 0:
         raise ValueError(f"must be 0 or a positive number of seconds, got {text}")
     return value
 

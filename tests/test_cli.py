@@ -81,6 +81,11 @@ def test_environment_sets_options_and_flags_win():
     (["--keepalive-timeout", "soon"], {}, "argument --keepalive-timeout: 'soon': expected a number of seconds"),
     ([], {"CALC_MAX_BODY_SIZE": "1MB"}, "CALC_MAX_BODY_SIZE='1MB': expected a whole number"),
     ([], {"CALC_GRACEFUL_TIMEOUT": "30s"}, "CALC_GRACEFUL_TIMEOUT='30s': expected a number of seconds"),
+    # A timeout poll(2) cannot take would fail every slow send with OverflowError (a 500 and a traceback).
+    (["--send-timeout", "1e7"], {}, "--send-timeout: '1e7': must be at most 1000000 seconds"),
+    (["--keepalive-timeout", "inf"], {}, "--keepalive-timeout: 'inf': must be at most 1000000 seconds"),
+    (["--header-timeout", "nan"], {}, "--header-timeout: 'nan': must be a positive number of seconds"),
+    ([], {"CALC_DRAIN_DELAY": "nan"}, "CALC_DRAIN_DELAY='nan': must be 0 or a positive number of seconds"),
     ([], {"CALC_ACCESS_LOG": "perhaps"}, "CALC_ACCESS_LOG='perhaps': expected true or false"),
 ])
 def test_bad_settings_are_refused_with_a_clear_message(args, env, message):
