@@ -54,6 +54,14 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _backlog(text: str) -> int:
+    """listen(2) takes a C int; the kernel lowers anything above net.core.somaxconn to that by itself."""
+    value = _positive_int(text)
+    if value > 2**31 - 1:
+        raise ValueError(f"must be at most {2**31 - 1}, got {value}")
+    return value
+
+
 def _port(text: str) -> int:
     value = _int(text)
     if not 0 <= value <= 65535:
@@ -244,7 +252,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("workers", 1, _positive_int,
            "Processes; above 1 a master pre-forks them on one shared socket and replaces any that die.",
            group="processes"),
-    Option("backlog", 2048, _positive_int, "Listen backlog: connections the kernel queues before accept.",
+    Option("backlog", 2048, _backlog, "Listen backlog: connections the kernel queues before accept.",
            group="listening"),
     Option("max_connections", 10000, _positive_int,
            "Open connections per process; beyond it new ones get an immediate 503 and are closed.", group="limits"),
