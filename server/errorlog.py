@@ -29,6 +29,7 @@ import threading
 import time
 import traceback
 from types import TracebackType
+from typing import TextIO
 
 NAME = "calc-server"
 LOG = logging.getLogger(NAME)
@@ -72,7 +73,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=True, separators=(",", ":"))
 
 
-class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+class _Stderr(logging.StreamHandler[TextIO]):
     """Writes to whatever ``sys.stderr`` is when the line is written (tests and embedders replace it)."""
 
     def __init__(self) -> None:
