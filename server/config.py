@@ -525,12 +525,18 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
 
 def markdown_table() -> str:
-    """The settings table of docs/configuration.md, generated when the site is built so it never drifts."""
-    rows = ["| flag | environment | default | meaning |", "| --- | --- | --- | --- |"]
-    for option in OPTIONS:
-        flag = (f"`{option.short}`, " if option.short else "") + f"`{option.flag}`"
-        flag += f" / `{option.negative_flag}`" if option.is_switch else ""
-        default = _render_default(option)
-        default = f"`{default}`" if default else "(none)"  # an empty code span would show as two backticks
-        rows.append(f"| {flag} | `{option.env}` | {default} | {option.help} |")
-    return "\n".join(rows)
+    """The settings of docs/configuration.md, one table per topic as in --help (scripts/docs-generate writes it)."""
+    out: list[str] = []
+    for key, title in GROUPS:
+        options = [option for option in OPTIONS if option.group == key]
+        if not options:
+            continue
+        out += ["", f"### {title}", "", "| flag | environment | default | meaning |", "| --- | --- | --- | --- |"]
+        for option in options:
+            flag = (f"`{option.short}`, " if option.short else "") + f"`{option.flag}`"
+            flag += f" / `{option.negative_flag}`" if option.is_switch else ""
+            default = _render_default(option)
+            default = f"`{default}`" if default else "(none)"  # an empty code span would show as two backticks
+            meaning = option.help.replace("|", "\\|")
+            out.append(f"| {flag} | `{option.env}` | {default} | {meaning} |")
+    return "\n".join(out[1:])

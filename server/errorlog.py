@@ -43,12 +43,13 @@ def _stamp(created: float) -> str:
 
 
 def _printable(text: str) -> str:
-    """A message may quote a client (a request target, an address): its control characters are escaped,
-    so it cannot start a line of its own in the text form."""
+    """A message may quote a client (a request target, an address): its control characters are escaped, but
+    for the newline, which ``TextFormatter`` turns into a new line with the full prefix, so a line can never
+    start without the server's own prefix."""
     if text.isprintable():
         return text
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02X}" if ord(c) < 256 else f"\\u{ord(c):04X}"
-                   for c in text)
+    return "".join(c if c.isprintable() or c == "\n" else f"\\x{ord(c):02X}" if ord(c) < 256
+                   else f"\\u{ord(c):04X}" for c in text)
 
 
 class TextFormatter(logging.Formatter):
