@@ -200,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--compare", type=Path, help="an earlier --json output: print ratios against it")
     parser.add_argument("--budget", type=float, help="with --compare: exit 1 if a row grew by more than this %%")
+    parser.add_argument("--keep", type=Path, help="keep callgrind's files here (callgrind_annotate FILE shows where "
+                        "the instructions go)")
     args = parser.parse_args(argv)
     rows = [row for row in args.rows.split(",") if row]
     unknown = [row for row in rows if row not in ROWS]
@@ -207,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown rows: {', '.join(unknown)}")
     with tempfile.TemporaryDirectory(prefix="instructions-") as tmp:
         workdir = Path(tmp)
+        if args.keep is not None:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            workdir = args.keep.resolve()
         figures: dict[str, int] = {}
         plain = [row for row in rows if row != "tls"]
         if plain:

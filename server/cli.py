@@ -8,6 +8,7 @@ so that stdout carries access-log lines only.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import traceback
@@ -78,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     for listener in listeners:
         if listener.kind == "tcp" and context is not None:
-            listener.extra["ssl_context"] = context  # TCP listeners speak TLS; each process builds its own context
+            listener.options = dataclasses.replace(listener.options, tls=True)  # each process builds its context
     addresses = ", ".join(listener.display() for listener in listeners)
     ready = (f"listening on {addresses} (pid {os.getpid()}, "
              f"workers {settings.workers}, threads {settings.threads}, open files {nofile})")

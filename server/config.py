@@ -261,6 +261,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("header_timeout", 10.0, _seconds,
            "Seconds a client has to send a complete request head once it started one.", group="timeouts"),
     Option("body_timeout", 30.0, _seconds, "Seconds the body may stall between two reads.", group="timeouts"),
+    Option("handshake_timeout", 5.0, _seconds,
+           "Seconds a TLS client has to complete its handshake after connecting (it holds a connection slot "
+           "meanwhile); also bounds the handshake of a connection refused over --max-connections.", group="timeouts"),
     Option("send_timeout", 30.0, _seconds,
            "Seconds a response write may stall before the client is dropped (slow readers).", group="timeouts"),
     Option("graceful_timeout", 30.0, _seconds,
@@ -370,6 +373,7 @@ class Settings:
     keepalive_timeout: float = 75.0
     header_timeout: float = 10.0
     body_timeout: float = 30.0
+    handshake_timeout: float = 5.0
     send_timeout: float = 30.0
     graceful_timeout: float = 30.0
     drain_delay: float = 0.0

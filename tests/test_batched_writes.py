@@ -11,6 +11,7 @@ from harness import RawClient, both_listeners, get
 
 from server.protocol import RequestParser
 from server.transport.connection import HOLD_LIMIT, Connection
+from server.wsgi.peer import PeerInfo
 
 
 @pytest.fixture
@@ -25,7 +26,7 @@ def paced_one_thread(server_factory):
 def conn_and_peer():
     ours, peer = socket.socketpair()
     ours.setblocking(False)
-    conn = Connection(ours, ("local", 0), RequestParser(), 0.0, send_timeout=5.0)
+    conn = Connection(ours, PeerInfo("local", "0"), RequestParser(), 0.0, send_timeout=5.0)
     peer.settimeout(5)
     yield conn, peer
     conn.close()

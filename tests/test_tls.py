@@ -18,7 +18,7 @@ import time
 import warnings
 
 import pytest
-from harness import RawClient, StallingClients, get, proc_threads, wait_until
+from harness import RawClient, StallingClients, get, proc_fds, proc_threads, wait_until
 
 
 @pytest.fixture
@@ -137,11 +137,12 @@ def test_big_and_streamed_answers_arrive_whole_over_tls(server_factory, tls_cert
         client.close()
 
 
-def test_tls_slow_reader_is_dropped_after_the_send_timeout(server_factory, tls_certs):
+def test_tls_slow_reader_costs_no_thread_and_is_dropped_after_the_send_timeout(server_factory, tls_certs):
     server = server_factory("--app", "apps:big", "--threads", "1", "--send-timeout", "1", "--no-access-log",
                             "--certfile", str(tls_certs.server_cert), "--keyfile", str(tls_certs.server_key))
     server.tls = tls_certs.client_context()
-    threads_before = proc_threads(server.proc.pid)
+    pid = server.proc.pid
+    threads_before = proc_threads(pid)
     raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     raw.connect(server.address)
@@ -151,13 +152,15 @@ def test_tls_slow_reader_is_dropped_after_the_send_timeout(server_factory, tls_c
         reader.sendall(get(f"/?bytes={size}"))
         reader.settimeout(5)
         assert reader.recv(1024).startswith(b"HTTP/1.1 200 ")  # and now we stop reading
-        started = time.monotonic()  # the handshake needs the only thread too, so the wait counts from here
+        fds_with_reader = proc_fds(pid)
+        started = time.monotonic()
         other = server.connect(timeout=15)
         try:
             assert other.request(get("/?bytes=5"), timeout=15)[::2] == (200, b"xxxxx")
             waited = time.monotonic() - started
         finally:
             other.close()
+        wait_until(lambda: proc_fds(pid) < fds_with_reader, timeout=10, what="the slow TLS reader dropped")
         received = 0
         reader.settimeout(10)
         while True:
@@ -171,8 +174,8 @@ def test_tls_slow_reader_is_dropped_after_the_send_timeout(server_factory, tls_c
     finally:
         reader.close()
     assert received < size // 2
-    assert waited > 0.5, "the slow reader never held the only worker"
-    assert proc_threads(server.proc.pid) == threads_before
+    assert waited < 0.5, "the other client waited for the slow reader: it held the only worker"
+    assert proc_threads(pid) == threads_before
     assert "Traceback" not in server.output()
 
 

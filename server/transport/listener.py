@@ -15,21 +15,33 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import os
 import socket
 import stat
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from ..bindspec import BindSpec
+from .connection import ConnectionFactory
 
 SD_LISTEN_FDS_START = 3  # sd_listen_fds(3): passed sockets start at this descriptor
-UNIX_PEER = ("", "")  # REMOTE_ADDR, REMOTE_PORT of a Unix-socket client: it has no address (gunicorn's convention)
 
 
 class ListenError(Exception):
     """A listen address that cannot be served; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class ListenerOptions:
+    """What a listener's connections are, beyond its socket: set up before serving, then read-only.
+
+    Replaced whole (``dataclasses.replace``) by whoever learns more: the command line (TLS) and
+    ``transport.server.serve`` (the connection factory).
+    """
+
+    tls: bool = False  # its connections speak TLS (the scheme it shows is https)
+    inode: int | None = None  # of the Unix socket file this process created (so only that one is removed)
+    make_connection: ConnectionFactory | None = None  # TLS or PROXY streams (tls.connection_factory); None: plain
 
 
 @dataclass(eq=False)
@@ -40,20 +52,15 @@ class Listener:
     kind: Literal["tcp", "unix"]  # by address family; decides REMOTE_ADDR and TCP_NODELAY
     origin: str  # how we got it: the --bind text, "--host/--port", or "systemd"
     unlink_path: str | None = None  # a socket file this process created, removed when it stops listening
-    extra: dict[str, Any] = field(default_factory=dict)  # room for later per-listener settings (TLS)
+    options: ListenerOptions = field(default_factory=ListenerOptions)
 
     @property
     def fd(self) -> int:
         return self.sock.fileno()
 
-    @functools.cached_property
-    def numbers(self) -> tuple[int, int, int]:
-        """Family, type and protocol as plain numbers: what each accepted socket is created with."""
-        return int(self.sock.family), int(self.sock.type), self.sock.proto
-
     @property
     def scheme(self) -> str:
-        return "https" if self.extra.get("ssl_context") is not None else "http"
+        return "https" if self.options.tls else "http"
 
     def display(self) -> str:
         """Where clients connect: http://host:port, http://[v6]:port or unix:/path (and the fd if inherited)."""
@@ -80,7 +87,7 @@ class Listener:
             return
         self.unlink_path = None
         with contextlib.suppress(OSError):
-            if os.stat(path).st_ino == self.extra.get("inode"):
+            if os.stat(path).st_ino == self.options.inode:
                 os.unlink(path)
 
 
@@ -158,7 +165,7 @@ def bind_unix(path: str, backlog: int, umask: int | None, text: str) -> Listener
         sock.close()
         raise
     sock.setblocking(False)
-    return Listener(sock, "unix", text, unlink_path=path, extra={"inode": inode})
+    return Listener(sock, "unix", text, unlink_path=path, options=ListenerOptions(inode=inode))
 
 
 def _clear_stale(path: str, text: str) -> None:
@@ -243,14 +250,3 @@ def raise_open_file_limit() -> int:
         except (ValueError, OSError):
             pass
     return soft
-
-
-def refuse(sock: socket.socket, answer: bytes) -> None:
-    """Over the connection limit: a fast 503 instead of unbounded memory and descriptors."""
-    with contextlib.suppress(OSError):
-        sock.recv(65536)  # unread input would turn our close into a reset
-    with contextlib.suppress(OSError):
-        sock.send(answer)
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_WR)
-    sock.close()

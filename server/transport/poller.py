@@ -2,8 +2,13 @@
 
 On Linux connections are registered edge-triggered, once: the kernel reports
 every new arrival of data, so nothing needs re-arming after a request and the
-hot path saves a system call. The portable fallback emulates one-shot
-registration and needs the explicit re-arm the reactor always calls.
+hot path saves a system call (``needs_rearm`` is False, and the reactor skips
+the call). The portable fallback emulates one-shot registration, so it says
+``needs_rearm``: the reactor re-arms a connection after each read that left it
+waiting for more.
+
+A connection whose client does not take its answers is parked for writability
+(``want_write``) until it does (``read_only`` again); see connection.py.
 """
 
 from __future__ import annotations
@@ -37,6 +42,13 @@ class EpollPoller:
     def add(self, fd: int) -> None:
         self._epoll.register(fd, self._edge)
 
+    def want_write(self, fd: int) -> None:
+        """Also report when the kernel will take more output (and at once if it will now)."""
+        self._epoll.modify(fd, self._edge | select.EPOLLOUT)
+
+    def read_only(self, fd: int) -> None:
+        self._epoll.modify(fd, self._edge)
+
     def rearm(self, fd: int) -> None:
         """Nothing to do: an edge-triggered registration reports every new arrival by itself."""
 
@@ -66,6 +78,7 @@ class SelectorPoller:
         os.set_blocking(self._wake_w, False)
         self._selector.register(self._wake_r, selectors.EVENT_READ)
         self._watched: set[int] = set()
+        self._writers: set[int] = set()  # parked for writability (guarded by _lock)
 
     def watch(self, fd: int, exclusive: bool = False) -> None:
         self._watched.add(fd)
@@ -73,6 +86,16 @@ class SelectorPoller:
 
     def add(self, fd: int) -> None:
         self._selector.register(fd, selectors.EVENT_READ)
+
+    def want_write(self, fd: int) -> None:
+        with self._lock:
+            self._writers.add(fd)
+        self.rearm(fd)
+
+    def read_only(self, fd: int) -> None:
+        with self._lock:
+            self._writers.discard(fd)
+        self.rearm(fd)
 
     def rearm(self, fd: int) -> None:
         with self._lock:
@@ -84,16 +107,24 @@ class SelectorPoller:
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(fd)
 
-    forget = remove  # the selector keeps its own table of descriptors: a closed one must leave it
+    def forget(self, fd: int) -> None:
+        """The selector keeps its own table of descriptors: a closed one must leave it."""
+        with self._lock:
+            self._writers.discard(fd)
+        self.remove(fd)
 
     def poll(self, timeout: float) -> list[tuple[int, int]]:
         with self._lock:
             pending, self._pending = self._pending, []
+            writers = set(self._writers)
         for fd in pending:
+            mask = selectors.EVENT_READ | (selectors.EVENT_WRITE if fd in writers else 0)
             with contextlib.suppress(KeyError, ValueError, OSError):
-                self._selector.register(fd, selectors.EVENT_READ)
+                self._selector.unregister(fd)
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self._selector.register(fd, mask)
         ready = []
-        for key, _ in self._selector.select(timeout):
+        for key, mask in self._selector.select(timeout):
             fd = key.fd
             if fd == self._wake_r:
                 with contextlib.suppress(BlockingIOError):
@@ -101,7 +132,8 @@ class SelectorPoller:
                 continue
             if fd not in self._watched:
                 self._selector.unregister(fd)  # one-shot: the owner re-arms it
-            ready.append((fd, select.POLLIN))
+            ready.append((fd, (select.POLLIN if mask & selectors.EVENT_READ else 0)
+                          | (select.POLLOUT if mask & selectors.EVENT_WRITE else 0)))
         return ready
 
     def close(self) -> None:
@@ -110,4 +142,5 @@ class SelectorPoller:
         os.close(self._wake_w)
 
 
-Poller = EpollPoller if hasattr(select, "epoll") else SelectorPoller
+AnyPoller = EpollPoller | SelectorPoller  # the type: either works with the reactor
+Poller: type[AnyPoller] = EpollPoller if hasattr(select, "epoll") else SelectorPoller

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, NoReturn
 from .. import errorlog
 from ..protocol.proxy_header import V1_PREFIX, V2_MAX_BODY, V2_SIGNATURE, ProxyHeaderError, parse
 from ..protocol.writer import error_response, http_date
+from ..wsgi.peer import PeerInfo, ProxyFacts
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -52,7 +53,7 @@ def take_header(raw: socket.socket, conn: Connection, trusts: Callable[[str], bo
     if not data:
         raise ConnectionAbortedError("peer closed before sending anything")
     peer = conn.peer
-    if not trusts(peer[0]):
+    if not trusts(peer.address):
         if data.startswith((V1_PREFIX, V2_SIGNATURE)):
             _refuse(raw, conn, "PROXY protocol header from a peer not in --forwarded-allow-ips", plain)
         if V1_PREFIX.startswith(data) or V2_SIGNATURE.startswith(data):
@@ -71,11 +72,12 @@ def take_header(raw: socket.socket, conn: Connection, trusts: Callable[[str], bo
             raise ConnectionAbortedError("peer closed inside the PROXY header")
         taken += len(chunk)
     if header.source is not None:
-        conn.peer = (header.source[0], str(header.source[1]), *peer[2:])
+        conn.peer = PeerInfo(header.source[0], str(header.source[1]), peer.tls,
+                             ProxyFacts(peer.address, header.destination))
 
 
 def _refuse(raw: socket.socket, conn: Connection, reason: str, plain: bool) -> NoReturn:
-    errorlog.warning("connection from %s refused: %s", conn.peer[0], reason)
+    errorlog.warning("connection from %s refused: %s", conn.peer.address, reason)
     with contextlib.suppress(OSError):
         raw.recv(_PEEK)  # what it sent is read, so closing does not turn into a reset that eats the answer
     if plain:
@@ -87,7 +89,7 @@ def _refuse(raw: socket.socket, conn: Connection, reason: str, plain: bool) -> N
 
 
 class ProxyPreamble:
-    """A plain connection's socket until its header is read; then the connection gets its real socket back.
+    """A plain connection's stream until its header is read; then the connection's stream is the socket itself.
 
     Only the first read goes through here, so the served path is exactly the
     plain one afterwards.
@@ -100,17 +102,17 @@ class ProxyPreamble:
         self.conn = conn
         self.trusts = trusts
 
-    def recv(self, size: int, flags: int = 0) -> bytes:
+    def recv(self, size: int, flags: int = 0, /) -> bytes:
         if flags:
             return self.raw.recv(size, flags)
         take_header(self.raw, self.conn, self.trusts, plain=True)
-        self.conn.sock = self.raw
+        self.conn.stream = self.raw
         return self.raw.recv(size)
 
-    def send(self, data: bytes) -> int:
-        return self.raw.send(data)
+    def send(self, data: bytes | memoryview, flags: int = 0, /) -> int:
+        return self.raw.send(data, flags)
 
-    def shutdown(self, how: int) -> None:
+    def shutdown(self, how: int, /) -> None:
         self.raw.shutdown(how)
 
     def fileno(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 from collections.abc import Callable
@@ -76,7 +77,7 @@ def serve(listeners: list[Listener], app: WSGIApplication, settings: Settings, *
     make = connection_factory(contexts, proxy_trusts)
     for listener in listeners:
         if make is not None and listener.kind == "tcp":  # TLS and the PROXY protocol are for TCP listeners
-            listener.extra["connection"] = make
+            listener.options = dataclasses.replace(listener.options, make_connection=make)
     recorders = metrics.recorders() if metrics is not None else None
     if recorders is not None and access_log is not None:
         recorders.access_log_dropped = lambda: access_log.dropped

@@ -57,7 +57,6 @@ the one they started with.
 from __future__ import annotations
 
 import contextlib
-import select
 import socket
 import ssl
 import time
@@ -67,10 +66,12 @@ from typing import TYPE_CHECKING, cast
 from ..config import Settings
 from ..protocol import RequestParser
 from ..protocol.writer import error_response, http_date
-from .connection import Connection, SendTimeout
+from ..wsgi.peer import PeerInfo, TLSFacts
+from .connection import Connection, ConnectionFactory
 from .proxy_protocol import take_header
 
 _RAW = 65536  # ciphertext read per recv
+_MSG_PEEK = int(socket.MSG_PEEK)  # a plain int: an IntFlag's & runs Python code
 _CHUNK = 65536  # plaintext encrypted at a time by send_all: bounds the ciphertext held in memory
 CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
 _MAX_HELLO_READS = 4  # raw reads per readiness event while handshaking (a ClientHello is a few hundred bytes)
@@ -144,8 +145,10 @@ class TLSStream:
 
     # -- reading ------------------------------------------------------------------------------------------
 
-    def recv(self, size: int, flags: int = 0) -> bytes:
+    def recv(self, size: int, flags: int = 0, /) -> bytes:
         if flags or self.closing:
+            if flags & _MSG_PEEK and not self.closing:
+                return self._peek(size, flags)
             return self.raw.recv(size, flags)
         if not self.handshaken:
             self._handshake()
@@ -208,7 +211,8 @@ class TLSStream:
         self.handshaken = True
         self._push_out()  # the last of the handshake (TLS 1.3 session tickets)
         if conn is not None:
-            conn.peer = (conn.peer[0], conn.peer[1], self.environ())
+            peer = conn.peer
+            conn.peer = PeerInfo(peer.address, peer.port, TLSFacts(self.variables()), peer.proxy)
 
     def _read(self, size: int, drained: bool = False) -> bytes:
         """Decrypt what is buffered, reading the socket until it is empty unless it is known to be (drained)."""
@@ -257,16 +261,19 @@ class TLSStream:
                 return
             plain += data
 
-    def has_unread_input(self) -> bool:
-        if self._plain or self._in.pending:
-            return True
-        try:
-            self.raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-            return True
-        except BlockingIOError:
-            return False
-        except OSError:
-            return True
+    def _peek(self, size: int, flags: int) -> bytes:
+        """MSG_PEEK over what this stream keeps too: decrypted bytes not yet returned come first."""
+        if self.handshaken:
+            self._decrypt()  # whole records already read from the kernel (nothing more is read)
+        if self._plain:
+            return bytes(self._plain[:size])
+        if self._eof:
+            return b""
+        return self.raw.recv(size, flags)  # ciphertext still in the kernel counts as unread input
+
+    def buffered_input(self) -> bool:
+        """Input read from the kernel but not returned yet: plaintext, or part of a record."""
+        return bool(self._plain or self._in.pending)
 
     # -- writing ---------------------------------------------------------------------------------------------
 
@@ -288,6 +295,15 @@ class TLSStream:
             self._cipher += memoryview(cipher)[sent:]
             return False
         return True
+
+    def send(self, data: bytes | memoryview, flags: int = 0, /) -> int:
+        """The Stream protocol's send: all of ``data`` is taken (encrypted; what the kernel refuses is queued)."""
+        self.write(data)
+        return len(data)
+
+    def queued(self) -> int:
+        """Ciphertext the kernel has not taken yet."""
+        return len(self._cipher)
 
     def push(self) -> bool:
         """Hand queued ciphertext to the kernel without waiting; True when none is left."""
@@ -333,10 +349,10 @@ class TLSStream:
         self.conn = None
         self.raw.close()
 
-    def environ(self) -> dict[str, object]:
-        """What the application learns about this TLS connection (keys documented in docs/tls.md)."""
+    def variables(self) -> dict[str, str]:
+        """What the application learns about this TLS connection (environ keys, documented in docs/tls.md)."""
         tls = self.tls
-        env: dict[str, object] = {"wsgi.url_scheme": "https", "HTTPS": "on", "SSL_PROTOCOL": tls.version() or "",
+        env: dict[str, str] = {"HTTPS": "on", "SSL_PROTOCOL": tls.version() or "",
                                "SSL_CIPHER": (tls.cipher() or ("",))[0]}
         cert = tls.getpeercert()
         if not cert:
@@ -349,9 +365,9 @@ class TLSStream:
         env["SSL_CLIENT_S_DN"] = _dn(subject)
         env["SSL_CLIENT_I_DN"] = _dn(cast(_RDNSequence, cert.get("issuer", ())))
         env["SSL_CLIENT_S_DN_CN"] = _dn_field(subject, "commonName")
-        env["SSL_CLIENT_SERIAL"] = cert.get("serialNumber", "")
-        env["SSL_CLIENT_V_START"] = cert.get("notBefore", "")
-        env["SSL_CLIENT_V_END"] = cert.get("notAfter", "")
+        env["SSL_CLIENT_SERIAL"] = cast(str, cert.get("serialNumber", ""))
+        env["SSL_CLIENT_V_START"] = cast(str, cert.get("notBefore", ""))
+        env["SSL_CLIENT_V_END"] = cast(str, cert.get("notAfter", ""))
         der = tls.getpeercert(binary_form=True)
         if der:
             env["SSL_CLIENT_CERT"] = ssl.DER_cert_to_PEM_cert(der)
@@ -389,77 +405,84 @@ def _dn_field(rdns: _RDNSequence, name: str) -> str:
     return ""
 
 
+class _OnTheWayOut(bytes):
+    """``out`` of a TLS connection whose answers are encrypted but not all taken by the kernel yet.
+
+    Empty (joining it to more answers adds nothing) but true, so the reactor's one test for "answers
+    not yet on the wire", ``if conn.out``, holds for ciphertext queued in the stream as for plaintext.
+    """
+
+    def __bool__(self) -> bool:
+        return True
+
+
+_QUEUED = _OnTheWayOut()
+
+
 class TLSConnection(Connection):
-    """A connection whose socket is a TLSStream: "written" means the ciphertext reached the kernel."""
+    """A connection whose stream is a TLSStream: "written" means the ciphertext reached the kernel."""
 
     __slots__ = ()
-    is_tls = True  # no os.sendfile: file bodies must go through encryption
     sendfile_ok = False  # the runner reads file_wrapper bodies in blocks instead (see wsgi/file_wrapper.py)
     if TYPE_CHECKING:
-        # connection_factory gives every TLSConnection a TLSStream, which is no socket subclass: until
-        # Connection.sock has a protocol type that both satisfy, this narrower declaration overrides it.
-        sock: TLSStream  # type: ignore[assignment]
+        stream: TLSStream  # connection_factory gives every TLSConnection one
+
+    @property
+    def handshake_done(self) -> bool:  # type: ignore[override]
+        return self.stream.handshaken
 
     def flush(self) -> bool:
+        """Encrypt and write what is kept, but encrypt nothing more while older ciphertext waits: so the
+        plaintext in ``out`` is what the reactor's HOLD_LIMIT bounds, and the ciphertext one flush's worth."""
+        stream = self.stream
+        if stream._cipher and not stream.push():
+            if not self.out:
+                self.out = _QUEUED
+            return False
         out = self.out
-        if out:
-            self.out = b""
-            return self.sock.write(out)
-        return self.sock.push()
+        done = stream.write(out) if out and out is not _QUEUED else True
+        self.out = b"" if done else _QUEUED
+        return done
+
+    def pending_output(self) -> int:
+        return len(self.out) + self.stream.queued()
 
     def send_all(self, data: bytes | memoryview) -> None:
-        if self.out:
-            data = self.out + data
-            self.out = b""
-        stream = self.sock
+        """As Connection.send_all, encrypting at most _CHUNK at a time: bounds the ciphertext in memory."""
         if len(data) <= _CHUNK:
-            if not (stream.write(data) if data else stream.push()):
-                self._wait(stream)
+            super().send_all(data)
             return
         view = memoryview(data)
         for start in range(0, len(view), _CHUNK):
-            if not stream.write(view[start:start + _CHUNK]):
-                self._wait(stream)
-
-    def _wait(self, stream: TLSStream) -> None:
-        waiter = select.poll()
-        waiter.register(self.fd, select.POLLOUT)
-        while not stream.push():
-            if not waiter.poll(self.send_timeout * 1000):
-                raise SendTimeout(f"client did not read for {self.send_timeout:g} s")
-
-    def send_nowait(self, data: bytes) -> bool:
-        if self.out:
-            data = self.out + data
-            self.out = b""
-        try:
-            return self.sock.write(data)
-        except (OSError, ValueError):
-            return False
+            super().send_all(view[start:start + _CHUNK])
 
     def has_unread_input(self) -> bool:
-        return self.sock.has_unread_input()
+        """The stream may hold what the kernel no longer does (a record read in part)."""
+        return self.stream.buffered_input() or super().has_unread_input()
+
+    def send_parts(self, head: bytes, body: bytes) -> None:
+        """Encryption copies anyway: one whole answer, kept and parked like any other."""
+        self.send_response(head + body)
 
 
 def connection_factory(contexts: TLSContexts | None, proxy_trusts: Callable[[str], bool] | None
-                       ) -> Callable[..., Connection] | None:
+                       ) -> ConnectionFactory | None:
     """What the reactor builds accepted sockets into, or None for the plain default (no wrapper at all)."""
     if contexts is not None:
-        def tls_connection(sock: socket.socket, peer: tuple[str, str], parser: RequestParser, now: float,
+        def tls_connection(sock: socket.socket, peer: PeerInfo, parser: RequestParser, now: float,
                            send_timeout: float) -> Connection:
             conn = TLSConnection(sock, peer, parser, now, send_timeout)
-            conn.sock = TLSStream(sock, contexts.context, conn, proxy_trusts)
+            conn.stream = TLSStream(sock, contexts.context, conn, proxy_trusts)
             return conn
 
         return tls_connection
     if proxy_trusts is not None:
         from .proxy_protocol import ProxyPreamble
 
-        def proxied_connection(sock: socket.socket, peer: tuple[str, str], parser: RequestParser, now: float,
+        def proxied_connection(sock: socket.socket, peer: PeerInfo, parser: RequestParser, now: float,
                                send_timeout: float) -> Connection:
             conn = Connection(sock, peer, parser, now, send_timeout)
-            # ProxyPreamble stands in for the socket until the header is read (no socket subclass: see TLSConnection)
-            conn.sock = ProxyPreamble(sock, conn, proxy_trusts)  # type: ignore[assignment]
+            conn.stream = ProxyPreamble(sock, conn, proxy_trusts)  # until the header is read
             return conn
 
         return proxied_connection

@@ -10,15 +10,13 @@ from urllib.parse import unquote_to_bytes
 
 from ..protocol import Request
 from .file_wrapper import FileWrapper
+from .peer import PeerInfo
 from .proxy import TrustedProxies
 
 # Server-specific environ key (PEP 3333: prefixed with the server's name), True while the server drains
 # before shutting down (--drain-delay); absent otherwise. Applications read it with environ.get().
 DRAINING = "calc_server.draining"
 
-# A client as the transport keeps it: address and port as text, then, on a TLS connection, the
-# environ keys its handshake established (server/transport/tls.py).
-Peer = tuple[str, str] | tuple[str, str, dict[str, object]]
 
 
 class EnvironBuilder:
@@ -42,7 +40,7 @@ class EnvironBuilder:
             "wsgi.file_wrapper": FileWrapper,
             # set for each request; present here so that copying the dict sizes it for them
             "REQUEST_METHOD": "", "PATH_INFO": "", "QUERY_STRING": "", "SERVER_PROTOCOL": "", "REQUEST_URI": "",
-            # The scheme is the listener's: "http" here, "https" from a TLS connection's keys (peer[2]), or
+            # The scheme is the listener's: "http" here, "https" on a TLS connection (peer.tls), or
             # what a trusted proxy's X-Forwarded-Proto says (_forwarded). Never the request target's: an
             # absolute-form "GET https://host/ HTTP/1.1" on a plain port is still http (as gunicorn has it).
             "RAW_URI": "", "wsgi.input": None, "wsgi.url_scheme": "http", "REMOTE_ADDR": "", "REMOTE_PORT": "",
@@ -59,8 +57,8 @@ class EnvironBuilder:
         the shared base dict: requests pay nothing for it, before or after."""
         self.base[DRAINING] = True
 
-    def build(self, request: Request, peer: Peer) -> dict[str, Any]:
-        """The environ of one request from ``peer``: (address, port as text[, TLS keys]), as the transport keeps it."""
+    def build(self, request: Request, peer: PeerInfo) -> dict[str, Any]:
+        """The environ of one request from ``peer``, as the transport learnt it (server/wsgi/peer.py)."""
         path = request.path
         if "%" in path:
             path = unquote_to_bytes(path).decode("latin-1")
@@ -84,10 +82,12 @@ class EnvironBuilder:
         else:
             env["wsgi.input"] = EMPTY_INPUT
             size = 0
-        env["REMOTE_ADDR"] = peer[0]
-        env["REMOTE_PORT"] = peer[1]
-        if len(peer) > 2:  # a TLS connection: https and what its handshake established (server/transport/tls.py)
-            env.update(peer[2])
+        env["REMOTE_ADDR"] = peer.address
+        env["REMOTE_PORT"] = peer.port
+        tls = peer.tls
+        if tls is not None:  # https, and what the handshake established (server/transport/tls.py)
+            env["wsgi.url_scheme"] = "https"
+            env.update(tls.variables)
         if size or request.chunked or request.method in _BODY_METHODS:
             env["CONTENT_LENGTH"] = str(size)
         keys = _KEYS
@@ -105,7 +105,7 @@ class EnvironBuilder:
         if request.host is not None:
             env["HTTP_HOST"] = request.host
         if self.proxies.configured and ("HTTP_X_FORWARDED_FOR" in env or "HTTP_X_FORWARDED_PROTO" in env):
-            self._forwarded(env, peer[0])
+            self._forwarded(env, peer.address)
         return env
 
     def _forwarded(self, env: dict[str, Any], peer: str) -> None:

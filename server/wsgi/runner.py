@@ -18,8 +18,9 @@ from ..accesslog import AccessLog
 from ..protocol import Request, ResponsePlan
 from ..protocol.response import Fields, check_fields, frame
 from ..protocol.writer import LAST_CHUNK, chunk, error_response, http_date
-from .environ import EnvironBuilder, Peer
+from .environ import EnvironBuilder
 from .file_wrapper import FileWrapper
+from .peer import PeerInfo
 from .pep3333 import ExcInfo, WSGIApplication
 
 Send = Callable[[bytes], None]
@@ -185,7 +186,7 @@ class WSGIRunner:
         # Set at shutdown: from then on each connection's last answer carries Connection: close.
         self.closing = False
 
-    def run(self, request: Request, peer: Peer, sink: Sink, keep_alive: bool) -> bool:
+    def run(self, request: Request, peer: PeerInfo, sink: Sink, keep_alive: bool) -> bool:
         """Answer one request; True when the connection may carry another.
 
         Raises OSError when sending fails (the client went away).
