@@ -200,17 +200,19 @@ class WSGIRunner:
             if type(result) is list and exchange.fields is not None and exchange.plan is None:
                 # The common case: the whole body is known, so head and body go out in one write.
                 body = result[0] if len(result) == 1 and type(result[0]) is bytes else b"".join(result)
-                plan = exchange.begin(len(body))
+                size = len(body)
+                plan = exchange.begin(size)
+                head = plan.head
                 if plan.send_body and body:
-                    exchange.bytes_sent = len(body)
-                    if len(body) > _JOIN_LIMIT:
-                        sink.send_parts(plan.head, body)
+                    exchange.bytes_sent = size
+                    if size > _JOIN_LIMIT:
+                        sink.send_parts(head, body)
                     else:
-                        sink.send_response(plan.head + body)
-                    sink.answered = len(plan.head) + len(body)
+                        sink.send_response(head + body)
+                    sink.answered = len(head) + size
                 else:
-                    sink.send_response(plan.head)
-                    sink.answered = len(plan.head)
+                    sink.send_response(head)
+                    sink.answered = len(head)
             elif type(result) is FileWrapper and (fields := exchange.fields) is not None:
                 plan = self._send_file(result, exchange, fields, sink)
                 sink.answered = exchange.wrote
