@@ -69,10 +69,34 @@ class Connection:
     ``fd``, ``send_timeout``. ``peer`` is replaced whole, never changed.
     """
 
-    __slots__ = ("answered", "closed", "closing_budget", "drain_deadline", "drain_when_written", "drained",
-                 "draining", "fd", "hangup", "head_started", "idle_since", "last_io", "lock", "out", "owner",
-                 "parked", "parked_since", "parser", "peer", "readable_again", "refusing", "send_timeout",
-                 "served", "set_aside", "status", "stream")
+    __slots__ = (
+        "answered",
+        "closed",
+        "closing_budget",
+        "drain_deadline",
+        "drain_when_written",
+        "drained",
+        "draining",
+        "fd",
+        "hangup",
+        "head_started",
+        "idle_since",
+        "last_io",
+        "lock",
+        "out",
+        "owner",
+        "parked",
+        "parked_since",
+        "parser",
+        "peer",
+        "readable_again",
+        "refusing",
+        "requests_waiting",
+        "send_timeout",
+        "served",
+        "status",
+        "stream",
+    )
     sendfile_ok = True  # the kernel may copy a file to this socket itself (send_file); False under TLS
     handshake_done = True  # no handshake to wait for; TLSConnection answers from its stream
 
@@ -88,7 +112,7 @@ class Connection:
         self.readable_again = False  # an arrival was reported while someone owned it
         self.closed = False
         self.hangup = False  # the peer closed its side; its EOF is still to be read
-        self.set_aside = False  # complete requests wait in its buffer: serve them before reading more
+        self.requests_waiting = False  # complete requests wait in its buffer: serve them before reading more
         self.refusing = False  # over the connection limit: answered 503 once its TLS handshake is done
         self.served = 0
         self.closing_budget = CLOSING_BUDGET

@@ -241,10 +241,10 @@ class Reactor:
         if conn.refusing:
             return self._refuse(conn, seat)
         now = monotonic()
-        if conn.set_aside:
+        if conn.requests_waiting:
             # Complete requests are still buffered (set aside for fairness, or stopped by backpressure):
             # serve those before reading more, so its buffer stays bounded.
-            conn.set_aside = False
+            conn.requests_waiting = False
             outcome = self._serve(conn, now, seat)
             return _AGAIN if outcome == _DONE else outcome  # and then read what came meanwhile
         try:
@@ -296,7 +296,7 @@ class Reactor:
                 if out and len(out) > HOLD_LIMIT and not conn.flush():
                     # Backpressure: the client is not taking its answers, so the requests still buffered
                     # wait until it has; what the connection keeps stays under HOLD_LIMIT plus one answer.
-                    conn.set_aside = True
+                    conn.requests_waiting = True
                     self.park(conn)
                     return _PARKED
                 try:
@@ -323,7 +323,7 @@ class Reactor:
                     return self._finish(conn, now)
             else:
                 if parser.buffered:
-                    conn.set_aside = True
+                    conn.requests_waiting = True
                     return _SET_ASIDE  # more pipelined requests: let others go first
         except OSError:
             self.close_connection(conn)

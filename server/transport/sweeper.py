@@ -5,8 +5,8 @@ The main thread runs the sweep every ``SWEEP_EVERY`` (monitor.py). It claims eac
 for a worker, and a timeout is enforced up to one sweep late. For a connection it claims:
 
 - a lingering close past its drain deadline is closed;
-- a TLS handshake not done within ``--handshake-timeout`` of accept is closed (a client that never
-  starts one holds a connection slot only that long);
+- a TLS handshake not done within ``--handshake-timeout`` (or ``--header-timeout``, if shorter) of
+  accept is closed: a client that never starts one holds a connection slot only that long;
 - a parked connection (answers the client does not take) that made no progress for
   ``--send-timeout`` is closed;
 - an idle connection past ``--keepalive-timeout`` (``--header-timeout`` before its first request)
@@ -61,7 +61,8 @@ class Sweeper:
                     if now >= conn.drain_deadline:
                         actions.close_connection(conn)
                 elif not conn.handshake_done:
-                    if now - conn.idle_since > settings.handshake_timeout:
+                    # The handshake is part of getting the first request: the shorter deadline applies.
+                    if now - conn.idle_since > min(settings.handshake_timeout, settings.header_timeout):
                         actions.close_connection(conn)
                 elif conn.parked:
                     if now - conn.parked_since > settings.send_timeout:

@@ -22,20 +22,21 @@ goes through the general loop.
 
 The handshake is the first phase of the same ``recv``: each arrival of bytes is
 fed to OpenSSL and answered without waiting; until the handshake is complete
-``recv`` says "nothing yet", so the reactor just re-arms the connection. No
+``recv`` says "nothing yet", and the connection waits in the poller. No
 thread ever waits for a client's handshake; a client that stalls or never sends
-a ClientHello is an idle connection in the poller, dropped by the sweep after
-``--header-timeout`` from accept like any client that sends no request (there is
-no separate setting: the handshake is part of getting the first request).
+a ClientHello holds its connection slot only until ``--handshake-timeout`` after
+accept (the sweep closes it). Over ``--max-connections`` a TLS connection is
+still given its handshake, within the same deadline, so that its ``503`` can be
+said inside TLS (acceptor.py).
 
 Writes: plaintext is encrypted and the ciphertext goes to the kernel without
 waiting; only what the kernel does not take is queued (and sent first next
-time). ``TLSConnection`` (a ``Connection``) overrides the four writing methods
-so "flushed" means the ciphertext left too, which keeps held (batched) answers,
-100-continue, streamed bodies and the send timeout for slow readers working
-unchanged. Plain connections keep the base class: the plain
-path has no TLS check anywhere except one tuple-length test when the environ
-is built (see ``server/wsgi/environ.py``).
+time). ``TLSConnection`` (a ``Connection``) overrides ``flush`` so "written"
+means the ciphertext left too, and encrypts nothing more while older ciphertext
+waits; held (batched) answers, parking for a slow reader, 100-continue, streamed
+bodies and the send timeout then work unchanged. Plain connections keep the base
+class: the plain path has no TLS check anywhere except ``peer.tls is not None``
+when the environ is built (see ``server/wsgi/environ.py``).
 
 The trade-off: one extra copy of each buffer between the BIOs and the socket,
 and the ciphertext of a big streamed answer is held in memory up to
