@@ -10,14 +10,13 @@ import html
 import importlib.util
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from harness import ROOT, require_tool
+from harness import ROOT, require_tool, transcripts
 
 from server import config
 from server.calculator import openapi
@@ -200,63 +199,54 @@ def test_benchmark_summary_is_the_latest_run(page: str, heading: str):
         assert f"| {ratio} |" in latest, ratio
 
 
-def transcripts() -> list[tuple[str, str, list[str]]]:
-    """(file, command, expected output lines) for every ``$ curl`` or ``$ python3 -m server ...`` shown
-    in a console block that can run against a local server (the compose stack's port 8080 is tested
-    by tests/test_compose.py)."""
-    found = []
-    for path in DOC_FILES:
-        for block in re.findall(r"```console\n(.*?)```", path.read_text(), re.DOTALL):
-            command = None
-            for line in block.splitlines():
-                if line.startswith("$ "):
-                    command = line[2:]
-                    found.append((path.name, command, []))
-                elif command is not None:
-                    found[-1][2].append(line)
-    def runnable(command: str, expected: list[str]) -> bool:
-        if command.startswith("curl "):
-            return "localhost:8000" in command
-        return command.startswith("python3 -m server ") and any("error:" in line for line in expected)
+# -- transcripts: every console block runs, or says why it cannot (tests/harness/transcripts.py) --------
 
-    return [entry for entry in found if runnable(entry[1], entry[2])]
+PAGES = [path for path in DOC_FILES if any(t.steps for t in transcripts.transcripts(path))]
+SLOW_PAGES = {"install.md"}  # builds and installs the wheel: about 30 s
 
 
-def matches(expected: list[str], actual: list[str]) -> bool:
-    """Line by line; a line ``...`` in the transcript stands for any lines the reader need not see."""
-    if not expected:
-        return not actual
-    if expected[0] == "...":
-        return any(matches(expected[1:], actual[i:]) for i in range(len(actual) + 1))
-    return bool(actual) and expected[0] == actual[0] and matches(expected[1:], actual[1:])
+def test_every_transcript_runs_or_says_why_not():
+    """A transcript with no marker is replayed; a marked one gives its reason. Nothing falls in between."""
+    found = [t for path in DOC_FILES for t in transcripts.transcripts(path)]
+    assert len(found) > 20
+    for transcript in found:
+        assert transcript.steps, f"{transcript.page}:{transcript.line}: a console block with no $ command"
+        if transcript.illustrative is not None:
+            assert len(transcript.illustrative.split()) >= 4, f"{transcript.page}:{transcript.line}: say why"
+    replayed = [t for t in found if t.illustrative is None]
+    assert len(replayed) > 2 * (len(found) - len(replayed)), "most transcripts run; few are only shown"
 
 
-TRANSCRIPTS = transcripts()
+def _tls_setup(scratch: Path) -> Path:
+    """tls.md's certificates, made with the page's own openssl commands."""
+    require_tool("openssl", "tls.md makes its certificates with the openssl command")
+    block = re.search(r"```sh\n(openssl req -x509.*?)```", (ROOT / "docs" / "tls.md").read_text(), re.DOTALL)
+    assert block, "tls.md's openssl commands"
+    directory = scratch / "tls"
+    directory.mkdir()
+    result = subprocess.run(["bash", "-c", block[1]], cwd=directory, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return directory
 
 
-@pytest.mark.parametrize(("page", "command", "expected"), TRANSCRIPTS,
-                         ids=[f"{page}:{command[:60]}" for page, command, _ in TRANSCRIPTS])
-def test_transcript_in_the_docs_is_what_the_server_says(calc_server, page, command, expected):
-    if command.startswith("curl "):
-        require_tool("curl", "the docs show curl transcripts")
-    argv = shlex.split(command.replace("localhost:8000", f"127.0.0.1:{calc_server.port}"))
-    if argv[0] == "python3":
-        argv[0] = sys.executable
-    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=30,
-                            env={**{k: v for k, v in os.environ.items() if not k.startswith("CALC_")},
-                                 "COLUMNS": "100"})
-    if argv[0] == "curl":
-        assert result.returncode == 0, result.stderr
-        output = result.stdout
-    else:
-        output = result.stderr  # argparse errors
-    if "-i" in argv:  # headers trimmed in the docs: the status line, then the headers shown, in the response
-        head, _, body = output.partition("\n\n")  # text mode turned CRLF into LF
-        head_lines = head.split("\n")
-        blank = expected.index("")
-        assert expected[0] == head_lines[0]
-        for line in expected[1:blank]:
-            assert line in head_lines, line
-        assert expected[blank + 1:] == body.splitlines()
-    else:
-        assert matches(expected, output.splitlines()), f"{page}: {command}\n{output}"
+@pytest.mark.parametrize("page", [pytest.param(p.name, marks=[pytest.mark.slow] if p.name in SLOW_PAGES else [])
+                                  for p in PAGES])
+def test_transcripts_of_the_page_are_what_the_programs_print(page: str, calc_server, tmp_path: Path):
+    """The page's transcripts, replayed in order against real servers and tools (one shared calculator
+    server for plain curl calls; a page that starts its own server uses that)."""
+    path = ROOT / page if page == "README.md" else ROOT / "docs" / page
+    session = transcripts.PageSession(page, tmp_path, {8000: calc_server.port})
+    if page == "tls.md":
+        (session.state / "cwd").write_text(str(_tls_setup(tmp_path)))
+    failures = []
+    try:
+        for transcript in transcripts.transcripts(path):
+            if transcript.illustrative is not None:
+                continue
+            for step in transcript.steps:
+                problem = session.run(step)
+                if problem:
+                    failures.append(f"line {transcript.line}: {problem}")
+    finally:
+        session.close()
+    assert not failures, "\n\n".join(failures)
