@@ -15,8 +15,8 @@ Replaying a page (``PageSession``) runs its transcripts in order, as a reader wo
   before it left (``cd``, ``export`` carry over), from the checkout's root;
 - ``/tmp/...`` paths become a scratch directory of the page's own, ``/path/to/checkout`` a copy of the
   checkout, so nothing is written into the repository or shared with another run;
-- output is compared line by line after putting the page's values back (ports, pids, the scratch
-  directory, the machine's open-file limit); a line ``...`` stands for any lines. ``curl`` compares
+- output is compared line by line after putting the page's values back (ports, pids, log timestamps,
+  the scratch directory, the machine's open-file limit); a line ``...`` stands for any lines. ``curl`` compares
   its standard output (its progress meter goes to stderr), ``curl -i`` the status line, the headers
   shown (``Date`` is not compared) and the body; other commands compare stdout and stderr together.
 """
@@ -40,6 +40,7 @@ from .tools import ROOT, require_tool
 
 FENCE = re.compile(r"^```(?P<lang>[\w-]*)[^\n]*\n(?P<body>.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
 MARKER = re.compile(r"^<!-- illustrative: (?P<reason>.+?) -->$")
+STAMP = re.compile(r"\b\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z\b")
 SERVER_COMMANDS = ("python3 -m server", "calc-server", "systemd-socket-activate")
 
 
@@ -141,6 +142,10 @@ class PageSession:
             text = re.sub(rf"(?<=:){real}(?!\d)", str(page_port), text)
         for real_pid, page_pid in self.pids.items():
             text = re.sub(rf"\bpid {real_pid}\b", f"pid {page_pid}", text)
+            text = text.replace(f"[{real_pid}]", f"[{page_pid}]")
+        stamp = STAMP.search("\n".join(expected))
+        if stamp:  # log lines carry the time they were written
+            text = STAMP.sub(stamp[0], text)
         shown = re.search(r"open files (\d+)", "\n".join(expected))
         if shown:  # the machine's descriptor limit, not the server's doing
             text = re.sub(r"open files \d+", f"open files {shown[1]}", text)
