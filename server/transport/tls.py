@@ -428,6 +428,8 @@ class TLSConnection(Connection):
     if TYPE_CHECKING:
         stream: TLSStream  # connection_factory gives every TLSConnection one
 
+    # Connection's handshake_done is a class constant (True), so a plain connection's check is an attribute
+    # read, not a call; mypy rejects a property over a plain attribute, though only reads ever happen.
     @property
     def handshake_done(self) -> bool:  # type: ignore[override]
         return self.stream.handshaken
