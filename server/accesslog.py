@@ -183,6 +183,9 @@ class AccessLog:
         self._dropped = 0
         self._writing = False  # the writer holds a batch it has not finished writing
         self._reported = 0  # writer thread only: drops already told to the error log
+        # (second, its text) of the last line: a line in the same second reuses the text. Replaced whole by
+        # whichever request thread sees a new second (one reference store: any thread reads a consistent pair).
+        self._stamp: tuple[int, str] = (-1, "")
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="access-log", daemon=True)
@@ -198,20 +201,30 @@ class AccessLog:
         if self._exclude and target.split("?", 1)[0] in self._exclude:
             return
         when = time.time()
+        second = int(when)
+        stamp = self._stamp
+        if stamp[0] != second:
+            stamp = self._stamp = (second, _iso_time(second) if self._json else _clf_time(second))
         if self._template is not None:
             line = self._template(Entry(client, method, target, version, status, size, duration, referer, agent,
                                         request_id, when))
         elif self._json:
-            line = (f'{{"time":"{_iso_time(when)}","request_id":{escape_json(request_id or "")},'
+            line = (f'{{"time":"{stamp[1]}","request_id":{escape_json(request_id or "")},'
                     f'"remote_addr":{escape_json(client)},"method":{escape_json(method)},'
                     f'"uri":{escape_json(target)},"protocol":{escape_json(version)},"status":{status},'
                     f'"body_bytes_sent":{size},"request_time":{duration:.6f},'
                     f'"referer":{escape_json(referer or "")},"user_agent":{escape_json(agent or "")}}}\n')
         else:
-            line = (f'{escape_token(client) or "-"} - - [{_clf_time(when)}] '
-                    f'"{escape_token(method)} {escape_token(target)} {escape_token(version)}" {status} {size} '
-                    f'"{escape_text(referer or "-")}" "{escape_text(agent or "-")}" {duration:.6f} '
-                    f'rid={escape_token(request_id or "-")}\n')
+            referer, agent, request_id = referer or "-", agent or "-", request_id or "-"
+            tokens = client + method + target + version + request_id
+            every = tokens + referer + agent
+            if not (every.isascii() and every.isprintable() and '"' not in every and "\\" not in every
+                    and " " not in tokens):  # the usual line needs no escaping: one check for all its fields
+                client, method, target = escape_token(client), escape_token(method), escape_token(target)
+                version, request_id = escape_token(version), escape_token(request_id)
+                referer, agent = escape_text(referer), escape_text(agent)
+            line = (f'{client or "-"} - - [{stamp[1]}] "{method} {target} {version}" {status} {size} '
+                    f'"{referer}" "{agent}" {duration:.6f} rid={request_id}\n')
         with self._lock:
             if self._pending_size + len(line) > self._limit and self._pending:
                 self._dropped += 1

@@ -181,3 +181,19 @@ def test_json_access_log_makes_the_error_log_json(server_factory):
     assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", e["time"]) for e in errors)
     assert any(e["message"].startswith("listening on http://127.0.0.1:") for e in errors)
     assert [e["uri"] for e in access] == ["/add/2/3"] and access[0]["request_id"] == "r-1"
+
+
+def test_an_error_log_message_cannot_start_a_line_of_its_own():
+    """Client text quoted in a message (a target, an address): control characters escaped; a newline starts a
+    new line that carries the full prefix again, so no line of the log lacks the server's own prefix."""
+    import logging
+
+    from server.errorlog import JsonFormatter, TextFormatter
+
+    record = logging.LogRecord("calc-server", logging.ERROR, __file__, 1, "GET %s: failed", ("/x\r\x1b[2J\x85\nFAKE",),
+                               None)
+    lines = TextFormatter().format(record).split("\n")
+    assert len(lines) == 2 and all(TEXT_LINE.match(line) for line in lines)
+    assert "\\x0D\\x1B[2J\\x85" in lines[0] and lines[1].endswith("calc-server: FAKE: failed")
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["message"] == "GET /x\r\x1b[2J\x85\nFAKE: failed" and entry["level"] == "error"
