@@ -271,7 +271,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("drain_delay", 0.0, _non_negative_seconds,
            "Lame duck: seconds the server keeps accepting and answering after SIGTERM/SIGINT before it stops "
            "accepting, each answer with Connection: close and /healthz saying 503 draining, so a proxy or "
-           "orchestrator can take it out of rotation first; 0 (default) stops accepting at once.", group="timeouts"),
+           "orchestrator can take it out of rotation first; 0 (default) stops accepting at once. Under a master "
+           "every worker drains together; a worker only being replaced (reload, --max-requests) does not.",
+           group="timeouts"),
     Option("max_request_line", _PARSER.max_request_line, _positive_int, "Longest request line in bytes (414 beyond).",
            group="limits"),
     Option("max_header_count", _PARSER.max_header_count, _positive_int,

@@ -89,3 +89,25 @@ def test_drain_delay_must_be_a_finite_number_of_seconds(value):
     with pytest.raises(SystemExit):
         load(["--drain-delay", value], environ={})
     assert load([], environ={"CALC_DRAIN_DELAY": "2.5"}).drain_delay == 2.5
+
+
+def test_under_a_master_the_workers_drain_together_and_recycling_does_not(server_factory, raw_factory):
+    """With pre-forked workers the master keeps the time: every worker drains (503 /healthz, Connection:
+    close, still accepting on the shared socket), then all stop. A worker the master only replaces (a
+    reload) stops as before: no drain, so a healthy server never says it is draining."""
+    server = server_factory("--workers", "2", "--drain-delay", "2", "--no-access-log")
+    server.signal(signal.SIGHUP)  # a reload: new workers, the old ones stopped with SIGTERM
+    server.wait_for_line(r"stopping worker \d+ gracefully")
+    status, _, body = raw_factory(server.address).request(get("/healthz"))
+    assert (status, json.loads(body)) == (200, {"status": "ok"})
+    assert "draining" not in server.output()
+
+    server.signal(signal.SIGTERM)
+    server.wait_for_line(r"draining for 2 s before stopping the workers")
+    server.wait_for_line(DRAINING_LINE)
+    for _ in range(4):  # new connections, spread over the workers by the kernel: all drain
+        status, headers, body = raw_factory(server.address).request(get("/healthz"))
+        assert (status, json.loads(body), headers["connection"]) == (503, {"status": "draining"}, "close")
+    assert server.proc.wait(timeout=20) == 0
+    with pytest.raises(OSError):
+        socket.create_connection(server.address, timeout=2).close()

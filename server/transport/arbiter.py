@@ -429,6 +429,8 @@ class Arbiter:
         # Close our copies of the listening sockets first: while the master holds them, the kernel keeps
         # completing connections into the backlog that no worker will accept, and those clients would
         # wait out the whole shutdown to be reset instead of being refused at once.
+        if not fast and self.settings.drain_delay > 0:
+            fast = self._drain()
         for listener in self.listeners:
             listener.close()
         self._signal_all(signal.SIGQUIT if fast else signal.SIGTERM)
@@ -446,6 +448,24 @@ class Arbiter:
         for pid in list(self.children):
             self.processes.kill(pid)
         return 0
+
+    def _drain(self) -> bool:
+        """--drain-delay: the workers serve on as lame ducks (SIGUSR2, server/transport/lame_duck.py) while the
+        master waits; a second TERM/INT ends the wait, QUIT too (True: then the shutdown is fast)."""
+        _log(f"draining for {self.settings.drain_delay:g} s before stopping the workers (--drain-delay)")
+        self._signal_all(signal.SIGUSR2)
+        deadline = time.monotonic() + self.settings.drain_delay
+        while self.children and time.monotonic() < deadline:
+            for pid, _ in self.processes.reap():
+                self._forget(pid)
+            if signal.SIGQUIT in self._signals:
+                self._signals.clear()
+                return True
+            if signal.SIGTERM in self._signals or signal.SIGINT in self._signals:
+                self._signals.clear()
+                break
+            self._sleep(0.05)
+        return False
 
     def _forget(self, pid: int) -> _Child | None:
         if self.hooks is not None:

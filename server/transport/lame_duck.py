@@ -21,6 +21,11 @@ health checks, and a rolling-update script, take the replica out). Then the ordi
 graceful shutdown runs (reactor.stop: stop accepting, finish, close). A second SIGTERM or
 SIGINT during the delay cuts it short.
 
+Under a master (arbiter.py) the master keeps the time, since its SIGTERM to a worker also
+means "you are being recycled" (a reload, --max-requests), which must not make the worker a
+lame duck: on its own SIGTERM the master sends each worker SIGUSR2 (``begin``: draining,
+without a timer), waits the delay, then stops them with SIGTERM as usual.
+
 State: ``timer`` is touched only by the signal handler, which Python runs on the main
 thread; the timer thread does nothing but call ``Reactor.stop``, which is safe from any thread.
 """
@@ -48,10 +53,16 @@ class LameDuck:
             self.timer.cancel()
             self.reactor.stop()
             return
+        self.begin()
+        self.timer = threading.Timer(self.delay, self.reactor.stop)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def begin(self) -> None:
+        """Answer with Connection: close and tell the application; the caller decides when to stop."""
+        if self.reactor.runner.closing:
+            return
         self.reactor.runner.closing = True
         self.announce()
         errorlog.info("draining for %g s (--drain-delay): still serving, every answer with Connection: close, "
                       "/healthz 503; then a graceful shutdown", self.delay)
-        self.timer = threading.Timer(self.delay, self.reactor.stop)
-        self.timer.daemon = True
-        self.timer.start()

@@ -82,10 +82,13 @@ def serve(listeners: list[Listener], app: WSGIApplication, settings: Settings, *
     if recorders is not None and access_log is not None:
         recorders.access_log_dropped = lambda: access_log.dropped
     reactor = Reactor(listeners, runner, settings, access_log, exclusive_accept=multiprocess, metrics=recorders)
+    lame_duck = LameDuck(reactor, environ.announce_draining, settings.drain_delay)
     stop: Callable[[int, object], None] = make_signal_handler(reactor)
     if settings.drain_delay > 0 and slot is None:
-        stop = LameDuck(reactor, environ.announce_draining, settings.drain_delay)
+        stop = lame_duck
     _handle_signals(stop, access_log, log_files, supervised=slot is not None)
+    if slot is not None:  # under a master, which times the drain (lame_duck.py)
+        signal.signal(signal.SIGUSR2, lambda signum, frame: lame_duck.begin())
     install_reload(contexts, supervised=slot is not None)
     if slot is not None:
         reactor.on_tick = slot.ticker(lambda: reactor.served, orphaned=reactor.stop)
