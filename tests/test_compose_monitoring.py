@@ -108,6 +108,20 @@ def test_prometheus_scrapes_every_replica_and_counts_what_was_sent(monitored):
     assert next(iter(histogram.values())) >= posts + missing
 
 
+def test_each_target_is_labelled_with_its_replicas_container_name(monitored):
+    """Issue 23: the container name (as `docker ps` shows it) next to the address, on the target and its series."""
+    stack, port = monitored
+    poll(lambda: healthy_targets(stack, port, len(stack.containers("server"))), 60, "every replica a healthy target")
+    names = {f"{stack.address(c)}:9100": stack.inspect(c, "{{.Name}}").lstrip("/") for c in stack.containers("server")}
+    labelled = {t["labels"]["instance"]: t["labels"].get("container")
+                for t in api(port, "targets", state="active")["activeTargets"] if t["labels"]["job"] == "calc-server"}
+    print(f"targets: {labelled}")
+    assert labelled == names
+    assert all(name.startswith(f"{stack.project}-server-") for name in names.values())
+    series = poll(lambda: query(port, "calc_server_workers") or None, 30, "a scraped series")
+    assert {dict(labels)["container"] for labels in series} == set(names.values())
+
+
 def test_a_new_replica_is_found_without_editing_anything(monitored):
     stack, port = monitored
     stack.compose("--profile", "monitoring", "up", "-d", "--no-recreate", "--wait", "--wait-timeout", "180",

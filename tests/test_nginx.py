@@ -250,6 +250,9 @@ def test_rate_limit_is_a_429_problem(server_factory, nginx_proxy):
     (b"GET /" + b"a" * 10000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
     (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 10000 + b"\r\n\r\n", 431),
     (b"GET /_nginx/problem/502 HTTP/1.1\r\nHost: x\r\n\r\n", 404),  # the error pages are internal only
+    # A transfer coding nginx does not implement (issue 25 #9): a problem document, not nginx's HTML page.
+    (b"POST /calc HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+    (b"POST /calc HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501),
 ])
 def test_malformed_requests_get_problem_documents(server_factory, nginx_proxy, request_bytes, status):
     server = server_factory()

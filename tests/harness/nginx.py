@@ -20,7 +20,9 @@ from .tools import ROOT, require_tool
 
 NGINX_TEMPLATE = ROOT / "nginx" / "templates" / "default.conf.template"
 # The template's tunables, as docker-compose.yml defaults them (tests/test_nginx.py checks they agree).
-NGINX_DEFAULTS = {"NGINX_RATE_LIMIT": "10000r/s", "NGINX_RATE_BURST": "10000", "NGINX_MAX_BODY_SIZE": "1m"}
+NGINX_DEFAULTS = {"NGINX_RATE_LIMIT": "10000r/s", "NGINX_RATE_BURST": "10000", "NGINX_MAX_BODY_SIZE": "1m",
+                  "NGINX_RESOLVER": "127.0.0.11", "NGINX_RESOLVE_VALID": "1s", "NGINX_CONNECT_TIMEOUT": "50ms",
+                  "NGINX_FAIL_TIMEOUT": "10s"}
 
 
 def render_nginx_template(values: dict[str, str]) -> str:
