@@ -252,3 +252,18 @@ def test_stalled_stdout_keeps_memory_bounded_and_counts_dropped_lines(tmp_path):
         with contextlib.suppress(BlockingIOError, TypeError, ValueError):
             proc.stdout.read()  # type: ignore[union-attr]
         proc.wait(timeout=20)
+
+
+def test_logs_page_lists_every_json_field_and_every_template_atom():
+    """docs/logs.md's tables follow the code: the JSON line's keys, and the atoms a template may use."""
+    from server.accesslog import _ATOMS
+
+    page = (ROOT / "docs" / "logs.md").read_text()
+    (line,) = _lines("json", [_entry("x")])
+    documented = set()
+    for row in re.findall(r"^\| (`[^|]+`) \|", page, re.M):
+        documented.update(re.findall(r"`([^`]+)`", row))
+    assert set(json.loads(line)) <= documented, set(json.loads(line)) - documented
+    atoms_table = page[page.index("| atom | value |"):page.index("An unknown atom")]
+    shown = set(re.findall(r"`([^`]+)`", atoms_table))
+    assert set(_ATOMS) <= shown, set(_ATOMS) - shown
