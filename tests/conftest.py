@@ -9,7 +9,29 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from harness import NginxProxy, RawClient, ServerProcess, TLSFiles, make_tls_files, start_nginx, start_server
+from harness import (
+    PARSER_CACHES,
+    NginxProxy,
+    RawClient,
+    ServerProcess,
+    TLSFiles,
+    make_tls_files,
+    parser_factory,
+    start_nginx,
+    start_server,
+)
+
+
+@pytest.fixture(scope="module", params=PARSER_CACHES)
+def both_parser_caches(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Runs a protocol test module's tests twice: its ``RequestParser`` with a server's HeaderCache, then without.
+
+    Use as ``pytestmark = pytest.mark.usefixtures("both_parser_caches")`` (or on single tests); the
+    module's own name ``RequestParser`` is replaced for the duration (harness/parsers.py).
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(request.module, "RequestParser", parser_factory(request.param))
+        yield request.param
 
 
 @pytest.fixture

@@ -14,7 +14,10 @@ from __future__ import annotations
 import pytest
 
 from server.protocol import Limits, ProtocolError, RequestParser
-from server.protocol.parser import _FORBIDDEN_TRAILERS, _SINGLETON_FIELDS
+from server.protocol.facts import SINGLETON_FIELDS as _SINGLETON_FIELDS
+from server.protocol.parser import _FORBIDDEN_TRAILERS
+
+pytestmark = pytest.mark.usefixtures("both_parser_caches")
 
 
 def parse(data: bytes) -> list:

@@ -158,6 +158,7 @@ def valid_request(draw) -> tuple[bytes, tuple]:
     return data, expected
 
 
+@pytest.mark.usefixtures("both_parser_caches")
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(requests=st.lists(valid_request(), min_size=1, max_size=4),
        cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=16))
@@ -168,6 +169,7 @@ def test_generated_valid_requests_parse_to_their_model_under_any_split(requests,
     assert _outcome(_split(data, cuts)) == (expected, None)
 
 
+@pytest.mark.usefixtures("both_parser_caches")
 @settings(max_examples=60, deadline=None)
 @given(request=valid_request())
 def test_generated_valid_request_byte_by_byte(request):
@@ -220,6 +222,7 @@ def _same_decision(got: tuple[list[tuple], int | None], expected: tuple[list[tup
     return got[0] == expected[0] and (got[1] is None) == (expected[1] is None)
 
 
+@pytest.mark.usefixtures("both_parser_caches")
 @settings(max_examples=600, deadline=None)
 @given(data=st.binary(max_size=400) | mutated(), cuts=st.lists(st.integers(0, 1000), min_size=1, max_size=10),
        limits=st.sampled_from([None, SMALL]))
@@ -229,6 +232,7 @@ def test_hostile_bytes_give_the_same_outcome_however_they_are_split(data, cuts, 
     assert _same_decision(_outcome(_split(data, cuts), limits), whole)
 
 
+@pytest.mark.usefixtures("both_parser_caches")
 @settings(max_examples=150, deadline=None)
 @given(data=mutated())
 def test_hostile_bytes_byte_by_byte(data):
@@ -289,6 +293,7 @@ def _oracle(fields: list[tuple[bytes, bytes, bytes]], http11: bool) -> str | int
     return 0
 
 
+@pytest.mark.usefixtures("both_parser_caches")
 @settings(max_examples=800, deadline=None)
 @given(head=framing_head(), junk=st.sampled_from([b"", b"hello", b"5\r\nhello\r\n0\r\n\r\n"]))
 def test_framing_headers_agree_with_a_strict_oracle(head, junk):

@@ -42,6 +42,7 @@ def parse_byte_by_byte(data: bytes) -> float:
     return spent
 
 
+@pytest.mark.usefixtures("both_parser_caches")
 def test_dripped_head_costs_the_parser_cpu_linear_in_its_size():
     # 8 KB and 16 KB heads, each the median of five runs.
     small = statistics.median(parse_byte_by_byte(dripped_head(40)) for _ in range(5))
@@ -51,6 +52,7 @@ def test_dripped_head_costs_the_parser_cpu_linear_in_its_size():
     assert large / small < BOUND
 
 
+@pytest.mark.usefixtures("both_parser_caches")
 @pytest.mark.parametrize("data", [
     b"GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\n\r\n",
     b"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
@@ -67,6 +69,7 @@ def test_dripped_head_parses_as_the_whole_one(data):
     assert expected is not None and got == expected
 
 
+@pytest.mark.usefixtures("both_parser_caches")
 @pytest.mark.parametrize(("data", "status", "detail"), [
     (b"GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\rmore", 400, "bare CR or LF"),
     (b"GET / HTTP/1.1\r\nHost: a\r\nX: 1\nmore", 400, "bare CR or LF"),

@@ -31,6 +31,8 @@ from test_hostile_input import HOSTILE_CALC, SMUGGLING
 
 from server.protocol import ProtocolError, RequestParser
 
+pytestmark = pytest.mark.usefixtures("both_parser_caches")
+
 # (method, target, version, header fields, body) of one request, as both parsers can report it.
 Parsed = tuple[str, str, str, tuple[tuple[str, str], ...], bytes]
 

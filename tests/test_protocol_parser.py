@@ -1,4 +1,7 @@
-"""The request parser on its own: bytes in, requests or ProtocolError out. No sockets."""
+"""The request parser on its own: bytes in, requests or ProtocolError out. No sockets.
+
+Every test runs twice: with the parsers given a server's HeaderCache, and without (``both_parser_caches``).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.protocol import FirstBlocks, Limits, Phase, ProtocolError, RequestParser
+from server.protocol import Limits, Phase, ProtocolError, RequestParser
+
+pytestmark = pytest.mark.usefixtures("both_parser_caches")
 
 
 def parse_all(data: bytes, limits: Limits | None = None) -> list:
@@ -224,198 +229,3 @@ def test_mutated_valid_requests_only_raise_protocol_error(base, position, byte):
         parse_all(bytes(data))
     except ProtocolError as exc:
         assert 400 <= exc.status < 600
-
-
-# -- a connection's repeated header block is interpreted once -----------------------------------------------
-
-_LINES = [b"GET / HTTP/1.1", b"POST /p HTTP/1.0", b"PUT /q?x=1 HTTP/1.1", b"OPTIONS * HTTP/1.1",
-          b"CONNECT a:1 HTTP/1.1"]
-_BLOCKS = [b"", b"Host: a\r\n", b"Host: a\r\nContent-Length: 3\r\n", b"Host: a\r\nTransfer-Encoding: chunked\r\n",
-           b"Host: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n", b"Host: a\r\nConnection: close\r\n",
-           b"Host: a\r\nConnection: keep-alive\r\nX-Forwarded-For: 10.0.0.1\r\n", b"Host: a\r\nHost: b\r\n",
-           b"Host: a\r\nExpect: nothing\r\n", b"Host: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n"]
-
-
-def _message(line: bytes, block: bytes) -> bytes:
-    body = b""
-    if b"Content-Length: 3" in block:
-        body = b"abc"
-    elif b"chunked" in block:
-        body = b"3\r\nabc\r\n0\r\n\r\n"
-    return line + b"\r\n" + block + b"\r\n" + body
-
-
-def _outcome(parser: RequestParser, data: bytes):
-    parser.feed(data)
-    try:
-        return parser.next_request()
-    except ProtocolError as exc:
-        return exc.status, exc.detail
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(_LINES), st.sampled_from(_BLOCKS)), min_size=1, max_size=12))
-def test_one_parser_answers_like_a_fresh_parser_for_each_request(messages):
-    """Whatever was remembered from the last block, each request comes out as a fresh parser would
-    make it: the checks that depend on the request line (HTTP/1.0, CONNECT, '*') still run."""
-    shared = RequestParser()
-    for line, block in messages:
-        data = _message(line, block)
-        expected = _outcome(RequestParser(), data)
-        assert _outcome(shared, data) == expected
-        if not hasattr(expected, "method"):
-            break  # after an error the stream has lost its framing: a parser is not used again
-
-
-# Header lines a proxy might repeat or vary, valid or not (tab and obs-text in values, a bare CR, a
-# name that is no token, whitespace before the colon, no colon, a control character).
-_FIELD_LINES = [b"Host: a", b"X-Request-ID: 1", b"X-Request-ID: 2", b"X-Forwarded-For: 10.0.0.1",
-                b"User-Agent: wrk  ", b"Accept:\t*/*", b"X-Note: caf\xe9", b"X-Bad: a\rb", b"Bad Name: x",
-                b"Host : a", b"no colon here", b"X-Ctl: a\x01b", b"X-Empty:", b"Content-Length: 3",
-                b"Connection: close", b"Host: b", b"Connection: keep-alive", b"Expect: 100-continue"]
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.lists(st.sampled_from(_FIELD_LINES), max_size=6), min_size=1, max_size=40))
-def test_remembered_header_lines_change_nothing(blocks):
-    """Lines a connection sent before are reused (a proxy changes only its request id), and a block as
-    long as the last one is read by its changed lines alone; every request still comes out, or fails,
-    exactly as a fresh parser makes it, across the memory's bound."""
-    shared = RequestParser()
-    for lines in blocks:
-        data = _message(b"GET / HTTP/1.1", b"".join(line + b"\r\n" for line in lines))
-        expected = _outcome(RequestParser(), data)
-        assert _outcome(shared, data) == expected
-        if not hasattr(expected, "method"):
-            break
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(_LINES), st.lists(st.sampled_from(_FIELD_LINES), max_size=4)),
-                min_size=1, max_size=40))
-def test_blocks_that_began_other_connections_change_nothing(connections):
-    """The parsers of one server share the header blocks that began their connections. Whatever other
-    connections began with, valid or not, each new connection's first request, and a second one with
-    the same block, comes out or fails exactly as a fresh parser makes it."""
-    first_blocks = FirstBlocks()
-    for line, lines in connections:
-        block = b"".join(field + b"\r\n" for field in lines)
-        parser = RequestParser(first_blocks=first_blocks)
-        for data in (_message(line, block), _message(b"GET /again HTTP/1.1", block)):
-            expected = _outcome(RequestParser(), data)
-            assert _outcome(parser, data) == expected
-            if not hasattr(expected, "method"):
-                break
-
-
-def test_a_connection_that_begins_like_another_takes_its_checked_block():
-    first_blocks = FirstBlocks()
-    data = b"GET /a HTTP/1.1\r\nHost: a\r\nUser-Agent: curl/8.5\r\nAccept: */*\r\n\r\n"
-    one, two = RequestParser(first_blocks=first_blocks), RequestParser(first_blocks=first_blocks)
-    first, second = _outcome(one, data), _outcome(two, data)
-    assert first == second == _outcome(RequestParser(), data)
-    assert second.headers is first.headers  # the fields the first connection's parser checked
-    assert one._known_lines and not two._known_lines  # the second parser checked no line itself
-
-
-def test_a_refused_block_is_not_shared_and_the_memo_is_bounded():
-    first_blocks = FirstBlocks()
-    bad = b"GET / HTTP/1.1\r\nHost: a\r\nX-Bad: a\x01b\r\n\r\n"
-    for _ in range(2):
-        assert _outcome(RequestParser(first_blocks=first_blocks), bad) == _outcome(RequestParser(), bad)
-        assert len(first_blocks._facts) == 0
-    for number in range(FirstBlocks.LIMIT * 2 + 3):
-        data = b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-ID: %d\r\n\r\n" % number
-        assert _outcome(RequestParser(first_blocks=first_blocks), data).headers[1] == ("x-request-id", str(number))
-        assert 1 <= len(first_blocks._facts) <= FirstBlocks.LIMIT
-
-
-_BASE_LINES = [b"Host: a", b"X-Request-ID: 1", b"User-Agent: wrk", b"X-Forwarded-For: 10.0.0.1"]
-
-
-@pytest.mark.parametrize("changed", [*_FIELD_LINES, b"X-Long: " + b"a" * 8190, b"Transfer-Encoding: chunked"],
-                         ids=lambda line: repr(line[:24]))
-def test_a_block_like_the_last_one_is_checked_in_every_changed_line(changed):
-    """A block with as many lines as the last one is read by its changed lines alone: whichever line
-    changes, alone or with the one after it, the request comes out (or fails) as a fresh parser makes it."""
-    for position in range(len(_BASE_LINES)):
-        for also_next in (False, True):
-            lines = list(_BASE_LINES)
-            lines[position] = changed
-            if also_next:
-                lines[(position + 1) % len(lines)] = b"X-Request-ID: 2"
-            shared = RequestParser()
-            first = _outcome(shared, _message(b"GET / HTTP/1.1", b"".join(line + b"\r\n" for line in _BASE_LINES)))
-            assert hasattr(first, "method")
-            data = _message(b"GET / HTTP/1.1", b"".join(line + b"\r\n" for line in lines))
-            assert _outcome(shared, data) == _outcome(RequestParser(), data), (position, also_next)
-
-
-# What a proxy's varying lines may bring: the same name with values the field rule takes or refuses
-# (padding, a tab, obs-text, controls, a bare CR or LF), the name in other letter case, a framing field.
-_VARYING_LINES = [b"X-Request-ID: 7", b"X-Request-ID:  padded \t", b"X-Request-ID:\tx", b"X-Request-ID: caf\xe9",
-                  b"X-Request-ID:", b"X-Request-ID: a\x01b", b"X-Request-ID: a\x7fb", b"X-Request-ID: a\rb",
-                  b"X-Request-ID: a\nb", b"x-request-id: 7", b"X-Request-Id : 7", b"X-Forwarded-For: a\x00b",
-                  b"X-Forwarded-For: " + b"1" * 8190, b"Content-Length: 3", b"Transfer-Encoding: chunked", b"Host: b",
-                  b"Host: a b", b"Connection: close", b"Expect: 100-continue", b"X-Other: 1"]
-
-
-@pytest.mark.parametrize("changed", _VARYING_LINES, ids=lambda line: repr(line[:24]))
-def test_a_block_of_a_known_shape_is_checked_in_its_varying_lines(changed):
-    """Once two blocks running changed the same lines (a proxy's request id and client address), the
-    block's shape reads the next in one pass. Whatever then comes in any line, the request comes out (or
-    fails) as a fresh parser makes it, and the requests after it too."""
-    def block(number: int, position: int | None = None) -> bytes:
-        lines = list(_BASE_LINES)
-        lines[1] = b"X-Request-ID: %d" % number
-        lines[3] = b"X-Forwarded-For: 10.0.0.%d" % number
-        if position is not None:
-            lines[position] = changed
-        return b"".join(line + b"\r\n" for line in lines)
-
-    for position in range(len(_BASE_LINES)):
-        shared = RequestParser()
-        for number in range(3):
-            assert hasattr(_outcome(shared, _message(b"GET / HTTP/1.1", block(number))), "method")
-        assert shared._shape is not None  # the shape is what reads the next block
-        data = _message(b"GET / HTTP/1.1", block(9, position))
-        expected = _outcome(RequestParser(), data)
-        assert _outcome(shared, data) == expected, position
-        if hasattr(expected, "method"):
-            data = _message(b"GET / HTTP/1.1", block(10))
-            assert _outcome(shared, data) == _outcome(RequestParser(), data), position
-
-
-@pytest.mark.parametrize("varying", [1, 2, 3])
-def test_a_shaped_block_gives_the_new_values(varying):
-    """One, two or three lines that change on every request, between lines that stay (one, two and more
-    values are filled in by different code): each new value lands in its own field, trimmed."""
-    parser = RequestParser()
-    names = ["x-request-id", "x-forwarded-for", "traceparent"]
-    for number in range(6):
-        values = [f"v{k}-{number}" if k < varying else "same" for k in range(3)]
-        parser.feed(b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-ID: %s \r\nAccept: */*\r\nX-Forwarded-For:%s  \r\n"
-                    b"User-Agent: t\r\nTraceparent:  %s\r\n\r\n" % tuple(value.encode() for value in values))
-        request = parser.next_request()
-        assert request is not None
-        assert request.headers == [("host", "a"), (names[0], values[0]), ("accept", "*/*"), (names[1], values[1]),
-                                   ("user-agent", "t"), (names[2], values[2])]
-    assert parser._shape is not None and len(parser._shape.slots) == varying  # the shape read the last ones
-
-
-def test_a_changed_header_block_is_read_afresh():
-    parser = RequestParser()
-    for length, body in ((3, b"abc"), (3, b"xyz"), (5, b"hello"), (3, b"abc")):
-        parser.feed(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%s" % (length, body))
-        request = parser.next_request()
-        assert request is not None and request.body == body
-        assert request.headers == [("host", "a"), ("content-length", str(length))]
-
-
-def test_a_remembered_block_still_needs_host_on_http11():
-    parser = RequestParser()
-    parser.feed(b"GET / HTTP/1.0\r\nAccept: */*\r\n\r\n")
-    assert parser.next_request() is not None  # HTTP/1.0 may leave Host out
-    parser.feed(b"GET / HTTP/1.1\r\nAccept: */*\r\n\r\n")
-    with pytest.raises(ProtocolError, match="must carry a Host"):
-        parser.next_request()

@@ -6,15 +6,26 @@ import json
 
 import pytest
 
-from server.protocol import plan_response
+from server.protocol import ResponseCache, plan_response
 from server.protocol.writer import chunk, error_response, http_date, status_line
 
 DATE = "Fri, 20 Nov 2026 12:00:00 GMT"
 
 
+_CACHE: list[ResponseCache | None] = [None]  # the current test's: a server's ResponseCache, or none
+
+
+@pytest.fixture(autouse=True, params=["cache", "no-cache"])
+def responses(request: pytest.FixtureRequest):
+    """Every test runs with a server's ResponseCache (shared by its calls) and without one."""
+    _CACHE[0] = ResponseCache() if request.param == "cache" else None
+    yield _CACHE[0]
+    _CACHE[0] = None
+
+
 def plan(**overrides):
     args = {"status": "200 OK", "headers": [("Content-Type", "text/plain")], "http11": True, "head_only": False,
-            "keep_alive": True, "length_hint": None, "date": DATE, "server": "calc-server"}
+            "keep_alive": True, "length_hint": None, "date": DATE, "server": "calc-server", "cache": _CACHE[0]}
     args.update(overrides)
     return plan_response(**args)
 
@@ -128,7 +139,8 @@ def test_remembered_headers_render_the_same_as_new_ones():
 def test_remembered_heads_still_follow_date_and_framing():
     headers = [("Content-Type", "text/plain")]
     base = plan(headers=list(headers), length_hint=1)
-    assert plan(headers=list(headers), length_hint=1) is base  # same inputs: the remembered plan
+    again = plan(headers=list(headers), length_hint=1)
+    assert again == base and (again is base or _CACHE[0] is None)  # same inputs: the remembered plan
     later = plan(headers=list(headers), length_hint=1, date="Fri, 20 Nov 2026 12:00:01 GMT")
     assert "Date: Fri, 20 Nov 2026 12:00:01 GMT" in head_lines(later)
     closing = plan(headers=list(headers), length_hint=1, keep_alive=False)
@@ -138,10 +150,10 @@ def test_remembered_heads_still_follow_date_and_framing():
         base.keep_alive = False  # shared between responses, so it cannot be changed
 
 
-def test_remembered_results_stay_bounded():
-    from server.protocol import response
-    for i in range(3 * response._CACHE_LIMIT):
+def test_remembered_results_stay_bounded(responses):
+    for i in range(3 * ResponseCache.LIMIT):
         p = plan(headers=[("X-N", str(i))], length_hint=0)
         assert f"X-N: {i}" in head_lines(p)
-    for cache in (response._fields_cache, response._plan_cache):
-        assert len(cache) <= response._CACHE_LIMIT
+    if responses is not None:
+        for table in (responses._fields, responses._plans):
+            assert 1 <= len(table) <= ResponseCache.LIMIT

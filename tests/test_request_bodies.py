@@ -70,6 +70,7 @@ def bodies_in_runs(draw) -> list[bytes]:
     return chunks
 
 
+@pytest.mark.usefixtures("both_parser_caches")
 @settings(max_examples=150, deadline=None, derandomize=True, database=None)
 @given(chunks=bodies_in_runs(), ext=st.sampled_from([b"", b";a=b", b' ; q="x y"']),
        piece=st.integers(1, 600), in_memory=st.sampled_from([0, 50, 1 << 20]))
@@ -80,6 +81,7 @@ def test_chunked_bodies_read_the_same_however_they_arrive(chunks, ext, piece, in
     assert first.body == b"".join(chunks) and second.path == "/next"
 
 
+@pytest.mark.usefixtures("both_parser_caches")
 @pytest.mark.parametrize(("tail", "detail"), [
     (b"1\r\nab\r\n", "chunk data must be followed by CRLF"),
     (b"1\r\na\r\r\n", "chunk data must be followed by CRLF"),
@@ -96,6 +98,7 @@ def test_a_chunk_that_breaks_a_run_is_refused_as_when_read_alone(tail, detail, p
     assert error.value.status == 400 and detail in error.value.detail
 
 
+@pytest.mark.usefixtures("both_parser_caches")
 def test_a_run_of_chunks_past_the_body_limit_is_413():
     data = one_byte_chunks(b"x" * 101)
     with pytest.raises(ProtocolError) as error:
@@ -104,6 +107,7 @@ def test_a_run_of_chunks_past_the_body_limit_is_413():
     assert feed(one_byte_chunks(b"x" * 100), 4096, Limits(max_body_size=100))[0].body == b"x" * 100
 
 
+@pytest.mark.usefixtures("both_parser_caches")
 @pytest.mark.parametrize("framing", ["length", "chunked"])
 def test_a_body_past_the_memory_bound_goes_to_a_file_and_one_within_stays(framing):
     make = length_request if framing == "length" else (lambda body: chunked([body[:60], body[60:]]))
@@ -122,12 +126,14 @@ def test_a_body_past_the_memory_bound_goes_to_a_file_and_one_within_stays(framin
             assert (request.body_file.read() if spilled else request.body) == body
 
 
+@pytest.mark.usefixtures("both_parser_caches")
 def test_without_a_spill_factory_bodies_stay_in_memory():
     body = os.urandom(300)
     (request,) = feed(length_request(body), 7, Limits(max_body_in_memory=10))
     assert request.body == body
 
 
+@pytest.mark.usefixtures("both_parser_caches")
 def test_closing_the_parser_closes_a_half_received_body_file():
     opened = []
 
@@ -152,6 +158,7 @@ def parse_cpu(data: bytes) -> float:
     return spent
 
 
+@pytest.mark.usefixtures("both_parser_caches")
 def test_one_byte_chunks_cost_the_parser_a_bounded_multiple_of_content_length():
     body = os.urandom(MiB)
     by_length = statistics.median(parse_cpu(length_request(body)) for _ in range(5))

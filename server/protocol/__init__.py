@@ -7,10 +7,10 @@ be tested without a network.
 
 from .errors import ProtocolError
 from .events import Request
-from .first_blocks import FirstBlocks
+from .header_cache import HeaderCache
 from .limits import Limits
 from .parser import Phase, RequestParser
-from .response import ResponsePlan, plan_response
+from .response import ResponseCache, ResponsePlan, plan_response
 
-__all__ = ["FirstBlocks", "Limits", "Phase", "ProtocolError", "Request", "RequestParser", "ResponsePlan",
-           "plan_response"]
+__all__ = ["HeaderCache", "Limits", "Phase", "ProtocolError", "Request", "RequestParser", "ResponseCache",
+           "ResponsePlan", "plan_response"]

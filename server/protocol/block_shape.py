@@ -22,10 +22,11 @@ a new field, a missing one or a value with a bare CR does not match, and the blo
 usual way, which names any problem. Framing fields (Host, Content-Length, Transfer-Encoding,
 Connection, Expect) are never value groups: a block in which one of them changes is read in full.
 
-The trade-off: building a shape costs a ``re.compile``, so shapes are shared by all connections
-through a small cache keyed by their pattern text (every connection of one proxy has the same),
-and a connection builds at most ``SHAPES_PER_CONNECTION`` of them, so a client whose changes
-wander cannot make the parser compile on every request. What would break: making a framing field
+The trade-off: building a shape costs a ``re.compile``, so the compiled patterns are shared by all
+connections of a server through its ``HeaderCache`` (header_cache.py), keyed by their pattern text
+(every connection of one proxy has the same), and a connection builds at most
+``SHAPES_PER_CONNECTION`` of them, so a client whose changes wander cannot make the parser compile
+on every request. What would break: making a framing field
 a value group (the facts taken as they were would be stale), or a value group wider than the
 field rule (a control character would get through unchecked).
 """
@@ -33,8 +34,9 @@ field rule (a control character would get through unchecked).
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Callable
 
+from .facts import HeaderFacts
 from .grammar import VALUE_CHAR
 
 SHAPES_PER_CONNECTION = 4
@@ -42,23 +44,21 @@ SHAPES_PER_CONNECTION = 4
 # inside it (trimmed afterwards; a pattern that excludes them costs more on every match). Both runs
 # are possessive, as in the parser's field patterns: no backtracking over a long run of spaces.
 _VALUE = r":[ \t]*+(" + VALUE_CHAR + r"*+)\r\n"
-_PATTERNS: dict[str, re.Pattern[str]] = {}
-_PATTERNS_LIMIT = 64
 
 
 class BlockShape:
     """The compiled pattern of one shape, the fields that stay, and where the changing values go."""
 
-    __slots__ = ("facts_tail", "fields", "pattern", "slots")
+    __slots__ = ("fields", "framing", "pattern", "slots")
 
     def __init__(self, pattern: re.Pattern[str], fields: list[tuple[str, str]], slots: tuple[tuple[int, str], ...],
-                 facts_tail: tuple[Any, ...]) -> None:
+                 framing: HeaderFacts) -> None:
         self.pattern = pattern
         self.fields = fields  # the block's (name, value) pairs; the slots' entries are replaced per request
         self.slots = slots  # (index in fields, lower-case name) of each value group, in order
-        self.facts_tail = facts_tail  # what the fields say for framing: the same whatever the values
+        self.framing = framing  # what the fields say for framing: the same whatever the values
 
-    def facts(self, found: re.Match[str]) -> tuple[Any, ...]:
+    def facts(self, found: re.Match[str]) -> HeaderFacts:
         """The block's facts with the values ``found`` by this shape's pattern in place.
 
         One or two varying lines (a request id, a client address) are the usual shapes and are filled
@@ -76,14 +76,15 @@ class BlockShape:
         else:
             for (index, name), value in zip(self.slots, values, strict=True):
                 headers[index] = (name, value.rstrip(" \t"))
-        return (headers, *self.facts_tail)
+        return self.framing.with_fields(headers)
 
 
-def build_shape(lines: list[str], changed: tuple[int, ...], fields: list[tuple[str, str]],
-                facts_tail: tuple[Any, ...]) -> BlockShape:
-    """The shape of a block (its ``lines``, already checked, and ``fields``) whose ``changed`` lines vary.
+def build_shape(lines: list[str], changed: tuple[int, ...], facts: HeaderFacts,
+                compile_pattern: Callable[[str], re.Pattern[str]]) -> BlockShape:
+    """The shape of a block (its ``lines``, already checked, and their ``facts``) whose ``changed`` lines vary.
 
-    The caller makes sure no changed line is a framing field.
+    The caller makes sure no changed line is a framing field. ``compile_pattern`` is the server's
+    shared ``HeaderCache.pattern``.
     """
     parts = []
     for index, line in enumerate(lines):
@@ -91,11 +92,6 @@ def build_shape(lines: list[str], changed: tuple[int, ...], fields: list[tuple[s
             parts.append(re.escape(line.partition(":")[0]) + _VALUE)
         else:
             parts.append(re.escape(line) + r"\r\n")
-    source = "".join(parts)
-    pattern = _PATTERNS.get(source)
-    if pattern is None:
-        if len(_PATTERNS) >= _PATTERNS_LIMIT:
-            _PATTERNS.clear()  # the shapes still in use come back at once
-        pattern = _PATTERNS[source] = re.compile(source)
+    fields = facts.fields
     slots = tuple((index, fields[index][0]) for index in changed)
-    return BlockShape(pattern, fields.copy(), slots, facts_tail)
+    return BlockShape(compile_pattern("".join(parts)), fields.copy(), slots, facts)

@@ -12,53 +12,29 @@ from __future__ import annotations
 import enum
 import re
 import sys
-from operator import ne
 
-from .block_shape import SHAPES_PER_CONNECTION, BlockShape, build_shape
 from .body import BodyBuffer, SpillFactory
 from .errors import ProtocolError, field_error, request_line_error
 from .events import Request
-from .first_blocks import FirstBlocks
-from .grammar import TCHAR, TOKEN, VALUE_CHAR
+from .facts import FIELD, NO_FIELDS, read_block
+from .facts import HOST_TEXT as _HOST_TEXT
+from .grammar import TCHAR, TOKEN
+from .header_cache import BlockMemo, HeaderCache
 from .limits import Limits
 
 # Over the decoded head; includes the line's CRLF so the match ends where the headers start.
 # The target is visible ASCII only (RFC 9112 3.2, RFC 3986 2): other octets must be percent-encoded.
 _REQUEST_LINE_TEXT = re.compile(r"(" + TCHAR.decode() + r"+) ([!-~]+) HTTP/([0-9])\.([0-9])\r\n")
-# A field value may hold HTAB, SP, visible ASCII and obs-text; never other controls (VALUE_CHAR).
-# Every run is possessive (*+): the whitespace run and the value can both take spaces, and with
-# backtracking a long run of them before a bad octet costs time quadratic in its length (0.8 s of
-# CPU for one 8 KiB line). A match never needs to give anything back, so possessive runs accept
-# exactly the same lines and fail at once.
-_FIELD = re.compile(rb"(" + TCHAR + rb"++):[ \t]*+(" + VALUE_CHAR.encode() + rb"*+)")
-# All header lines at once: one C-level pass instead of a regex call per line. A match starts
-# only at the block's start or right after a CRLF and ends with a CRLF, so a line that is not a
-# valid field in full (a bare CR or LF included) shows up as one match fewer than CRLFs.
-# The value is taken greedily, trailing whitespace included (a lazy pattern costs twice as much),
-# and trimmed afterwards only when the block has any.
-_FIELDS = re.compile(r"(?:\A|(?<=\r\n))(" + TCHAR.decode() + r"++):[ \t]*+(" + VALUE_CHAR + r"*+)\r\n")
+_FIELD = FIELD  # one field line, as bytes (trailers)
 _CHUNK_LINE = re.compile(
     rb"([0-9A-Fa-f]{1,16})"
     rb"(?:[ \t]*;[ \t]*" + TCHAR + rb"+"
     rb"(?:[ \t]*=[ \t]*(?:" + TCHAR + rb"+|\"(?:[^\"\\\x00-\x08\x0a-\x1f\x7f]|\\[\t -~\x80-\xff])*\"))?)*"
 )
-_HOST_TEXT = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:\[\]%]*")
 # Possessive for the same reason: the authority and the path may split a run of characters either
 # way, which made a 8 KiB target ending in '#' cost seconds.
 _ABSOLUTE_TEXT = re.compile(r"([A-Za-z][A-Za-z0-9+\-.]*+)://([^/?#]*+)([^?#]*+)(?:\?([^#]*+))?")
 _BARE_EOL = re.compile(rb"\r(?!\n|\Z)|(?<!\r)\n")
-_FRAMING_FIELDS = frozenset({"host", "content-length", "transfer-encoding", "connection", "expect"})
-# Request fields that RFC 9110 defines as one value, not a comma-separated list, so a second line
-# cannot be combined with the first (RFC 9110 5.3): two of them means two parsers may each pick a
-# different one. Host and Content-Length are counted with the framing fields; these are the rest of
-# RFC 9110's singleton request fields (nginx refuses a repeated Host, Content-Length, Authorization,
-# If-Modified-Since, If-Unmodified-Since, If-Range, Transfer-Encoding; h11 a differing Content-Length).
-# Cookie is left out on purpose: it is joined with "; " (RFC 6265 5.4), as the environ does.
-_SINGLETON_FIELDS = frozenset({
-    "content-type", "authorization", "proxy-authorization", "content-location", "content-range",
-    "if-modified-since", "if-unmodified-since", "if-range", "range", "max-forwards", "date", "from",
-    "referer", "user-agent"})
-_CHECKED_FIELDS = _FRAMING_FIELDS | _SINGLETON_FIELDS
 # Fields a chunked body's trailer section must not carry (RFC 9110 6.5.1): their meaning is needed
 # before the content (framing, routing, authentication, request modifiers, the content's format and
 # handling), so a trailer holding one is answered 400 rather than dropped in silence.
@@ -88,106 +64,38 @@ class _State(enum.Enum):
     TRAILERS = 5
 
 
-_RUN_CHUNK = 64  # chunks up to this size that repeat their size line are read as a run (_read_chunk_run)
-_REMEMBER_BLOCK = 2048  # longest header block a parser keeps to compare with the next one
-_KNOWN_LINES = 16  # header lines a parser keeps, each up to _KNOWN_LINE_SIZE characters
-_KNOWN_LINE_SIZE = 160
-# Fields whose value is new on every request by design (request and trace ids): remembering their
-# lines would only push out the lines that do repeat.
-_UNIQUE_PER_REQUEST = frozenset({"x-request-id", "x-correlation-id", "request-id", "traceparent", "tracestate",
-                                 "x-amzn-trace-id", "x-b3-traceid", "x-b3-spanid", "x-cloud-trace-context"})
-
-# A header block's fields and what they mean for framing, which depends on nothing else:
-# (fields, host, host count, Content-Length count, its raw value, transfer codings or None,
-#  Connection: close, Connection: keep-alive, Expect: 100-continue)
-_FieldFacts = tuple[list[tuple[str, str]], "str | None", int, int, str, "tuple[str, ...] | None", bool, bool, bool]
-
-
-def _field_facts(headers: list[tuple[str, str]]) -> _FieldFacts:
-    """Pick out the framing fields; raises for a bad Host or Expect, the checks that need no request line."""
-    host: str | None = None
-    host_count = length_count = 0
-    raw_length = ""
-    codings: list[str] | None = None
-    close = keep_alive_token = expect = False
-    singletons: set[str] | None = None
-    for name, value in headers:
-        if name not in _CHECKED_FIELDS:
-            continue
-        if name in _SINGLETON_FIELDS:
-            if singletons is None:
-                singletons = {name}
-            elif name in singletons:
-                raise ProtocolError(400, f"more than one {name} header; it takes a single value (RFC 9110 5.3)")
-            else:
-                singletons.add(name)
-        elif name == "host":
-            host_count += 1
-            if value not in _good_hosts:
-                _check_host(value)
-            host = value
-        elif name == "content-length":
-            length_count += 1
-            raw_length = value
-        elif name == "transfer-encoding":
-            if codings is None:
-                codings = []
-            codings.extend(c.strip().lower() for c in value.split(","))
-        elif name == "connection":
-            for token in value.lower().split(","):
-                token = token.strip()
-                if token == "close":
-                    close = True
-                elif token == "keep-alive":
-                    keep_alive_token = True
-        elif name == "expect":
-            if value.lower() != "100-continue":
-                raise ProtocolError(417, f"unsupported expectation {value!r}; only 100-continue is known")
-            expect = True
-    return (headers, host, host_count, length_count, raw_length, None if codings is None else tuple(codings),
-            close, keep_alive_token, expect)
-
-
-_NO_FIELDS = _field_facts([])
 _HEAD = _State.HEAD  # module constants: an enum attribute lookup on the hot path costs more
 _LENGTH_BODY = _State.LENGTH_BODY
-
-
+_RUN_CHUNK = 64  # chunks up to this size that repeat their size line are read as a run (_read_chunk_run)
 class RequestParser:
     """Turns a byte stream into ``Request`` objects, one complete request at a time."""
 
     __slots__ = (
         "_body",
         "_buf",
-        "_changed",
         "_checked",
         "_continue_due",
         "_empty_lines",
-        "_first_blocks",
         "_in_memory",
-        "_known_lines",
-        "_last_block",
         "_last_eol",
-        "_last_fields",
-        "_last_lines",
         "_limits",
         "_line_end",
+        "_memo",
         "_pending",
         "_remaining",
         "_run_line",
         "_run_size",
         "_scan_from",
-        "_shape",
-        "_shapes_left",
         "_spill",
         "_state",
         "_trailer_bytes",
         "_trailer_count",
     )
 
-    def __init__(self, limits: Limits | None = None, first_blocks: FirstBlocks | None = None,
+    def __init__(self, limits: Limits | None = None, cache: HeaderCache | None = None,
                  spill: SpillFactory | None = None) -> None:
-        """``first_blocks``: a memo shared by the parsers of one server, all with these ``limits``.
+        """``cache``: the server's ``HeaderCache`` (made with these ``limits``); without it every block is
+        read in full, with the same result (header_cache.py).
 
         ``spill`` opens the anonymous file a body larger than ``limits.max_body_in_memory`` moves to
         (body.py); without it bodies stay in memory.
@@ -196,7 +104,9 @@ class RequestParser:
         self._spill = spill
         # A body that came whole with its head is copied out at once when it may stay in memory.
         self._in_memory = limits.max_body_in_memory if spill is not None else sys.maxsize
-        self._first_blocks = first_blocks
+        if cache is not None and cache.limits is not limits and cache.limits != limits:
+            raise ValueError("a HeaderCache serves parsers with the limits it was made with")
+        self._memo: BlockMemo | None = None if cache is None else BlockMemo(cache)
         self._buf = bytearray()
         # While a head (or a chunk-size or trailer line) is incomplete, what the buffer was already
         # searched for: each arrival is checked from where the last one stopped, so a client that
@@ -216,19 +126,6 @@ class RequestParser:
         self._empty_lines = 0
         self._trailer_bytes = 0
         self._trailer_count = 0
-        # The header block of this connection's last request and what it said. A client, or a proxy
-        # on its upstream connection, usually repeats the same block, and then the work is done once.
-        self._last_block = ""
-        self._last_fields: _FieldFacts | None = None
-        self._last_lines: list[str] = []  # that block's lines, in order, while _last_fields is set
-        # Header lines this connection sent before, with their (name, value): when the block changes
-        # (a new request id), its other lines usually have not. Bounded: at most _KNOWN_LINES short lines.
-        self._known_lines: dict[str, tuple[str, str]] = {}
-        # A proxy changes the same lines (its request id) every time: once two blocks running changed
-        # the same ones, the block's shape reads the next in one pass (block_shape.py).
-        self._changed: tuple[int, ...] = ()  # the lines the last compared block changed
-        self._shape: BlockShape | None = None
-        self._shapes_left = SHAPES_PER_CONNECTION
 
     # -- input -----------------------------------------------------------------------------------------
 
@@ -375,113 +272,6 @@ class RequestParser:
             raise ProtocolError(431, f"a header field is longer than {limits.max_header_size} bytes")
         self._checked = size
 
-    def _facts_by_difference(self, lines: list[str]) -> _FieldFacts | None:
-        """The last block's facts with only its changed lines read again, or None to read them all.
-
-        Called for a block of as many lines as the last one. A proxy's blocks differ from one request
-        to the next in a line or two (its request id, the client's address) at the same places, so
-        comparing line by line (a C-level pass, no hashing) finds those few; the unchanged lines were
-        checked when they came. A changed line is checked as in ``_fields``; one that is not plainly
-        valid gives None, and the whole block takes the usual path, which names the problem.
-        """
-        last = self._last_fields
-        assert last is not None
-        changed = list(map(ne, lines, self._last_lines))
-        count = changed.count(True)
-        headers = last[0].copy()
-        max_field = self._limits.max_header_size
-        names = _field_names
-        framing = False
-        i = -1
-        at = []
-        while count:
-            count -= 1
-            i = changed.index(True, i + 1)
-            at.append(i)
-            line = lines[i]
-            if len(line) > max_field or not line.isprintable():
-                return None
-            name, colon, value = line.partition(":")
-            try:
-                lower = names[name]
-            except KeyError:
-                if not colon or _TOKEN_TEXT.fullmatch(name) is None:
-                    return None
-                lower = name.lower()
-                if len(names) < _FIELD_NAMES_LIMIT:
-                    names[name] = lower
-            if lower in _FRAMING_FIELDS or lower != headers[i][0]:
-                framing = True  # a framing value, or a name that changed (a singleton may now repeat)
-            headers[i] = (lower, value.strip(" \t"))
-        if framing:
-            return _field_facts(headers)
-        tail = last[1:]
-        shape = tuple(at)
-        if shape == self._changed and self._shapes_left:
-            self._shapes_left -= 1
-            self._shape = build_shape(lines, shape, headers, tail)
-        self._changed = shape
-        return (headers, *tail)
-
-    def _fields(self, block: str) -> list[tuple[str, str]]:
-        """Header lines (each ending in CRLF) as (lower-case name, trimmed value) pairs."""
-        limits = self._limits
-        count = block.count("\r\n")
-        if count > limits.max_header_count:
-            raise ProtocolError(431, f"more than {limits.max_header_count} header fields")
-        if len(block) > limits.max_header_size:
-            self._check_lines(block)  # raises with the exact problem, or passes long-but-valid heads
-        # The usual block settles with C-level string methods and a lookup per line: a line equal to
-        # one this connection sent before (a proxy repeats all but its request id) was checked then;
-        # a new line that is printable holds no bare CR or LF and no control character, so it is
-        # valid exactly when its name (before the first colon) is a token, and names already seen
-        # are one lookup that also gives the lower-case form. Anything else (a tab or obs-text in a
-        # value, a name that is no token) takes the pattern below, which names the exact problem.
-        lines = block.split("\r\n")
-        lines.pop()  # the block ends with CRLF: nothing after the last one
-        known = self._known_lines
-        names = _field_names
-        fields = []
-        for line in lines:
-            field = known.get(line)  # not a subscript: a request id's line misses every time, and a
-            if field is None:  # KeyError costs more than the method call
-                if not line.isprintable():
-                    break
-                name, colon, value = line.partition(":")
-                try:
-                    lower = names[name]  # a subscript is cheaper than .get(): no method call
-                except KeyError:
-                    if not colon or _TOKEN_TEXT.fullmatch(name) is None:
-                        break
-                    lower = name.lower()
-                    if len(names) < _FIELD_NAMES_LIMIT:
-                        names[name] = lower
-                field = (lower, value.strip(" \t"))
-                if len(line) <= _KNOWN_LINE_SIZE and lower not in _UNIQUE_PER_REQUEST:
-                    if len(known) >= _KNOWN_LINES:
-                        known.clear()  # lines that will not come again: start over
-                    known[line] = field
-            fields.append(field)
-        else:
-            return fields
-        return self._fields_by_pattern(block, count)
-
-    def _fields_by_pattern(self, block: str, count: int) -> list[tuple[str, str]]:
-        fields = _FIELDS.findall(block)
-        if len(fields) != count:
-            self._check_lines(block)  # raises with the exact problem
-        if " \r\n" in block or "\t\r\n" in block:
-            return [(name.lower(), value.rstrip(" \t")) for name, value in fields]
-        return [(name.lower(), value) for name, value in fields]
-
-    def _check_lines(self, block: str) -> None:
-        max_field = self._limits.max_header_size
-        for raw in block.encode("latin-1")[:-2].split(b"\r\n"):
-            if len(raw) > max_field:
-                raise ProtocolError(431, f"a header field is longer than {max_field} bytes")
-            if _FIELD.fullmatch(raw) is None:
-                raise field_error(raw)
-
     def _interpret(self, text: str) -> Request:
         """A decoded head, ending in its empty line, into a Request; the one place framing is decided."""
         limits = self._limits
@@ -496,32 +286,13 @@ class RequestParser:
             raise ProtocolError(505, f"HTTP/{major}.{minor} is not supported; use HTTP/1.1")
         http11 = minor != "0"
         block = text[match.end():-2]
-        facts: _FieldFacts | None
-        if block == self._last_block and self._last_fields is not None:
-            facts = self._last_fields
-        elif not block:
-            facts = _NO_FIELDS
-        elif (shape := self._shape) is not None and len(block) <= limits.max_header_size and (
-                found := shape.pattern.fullmatch(block)) is not None:
-            # The lines that vary, in one pass; the memo of the last block stays as it was (a pair
-            # that agree), since this block's lines are never split out.
-            facts = shape.facts(found)
+        memo = self._memo
+        if not block:
+            facts = NO_FIELDS
+        elif memo is None:
+            facts = read_block(block, limits)
         else:
-            lines = block.split("\r\n")
-            lines.pop()  # the block ends with CRLF: nothing after the last one
-            facts = None
-            first_blocks = None
-            if self._last_fields is not None:
-                if len(lines) == len(self._last_lines):
-                    facts = self._facts_by_difference(lines)
-            elif (first_blocks := self._first_blocks) is not None:
-                facts = first_blocks.get(block)
-            if facts is None:
-                facts = _field_facts(self._fields(block))
-                if first_blocks is not None and len(block) <= _REMEMBER_BLOCK:
-                    first_blocks.remember(block, facts)
-            if len(block) <= _REMEMBER_BLOCK:
-                self._last_block, self._last_fields, self._last_lines = block, facts, lines
+            facts = memo.facts(block)
         headers, host, host_count, length_count, raw_length, codings, close, keep_alive_token, expect = facts
         expect_continue = expect and http11
 
@@ -722,23 +493,6 @@ class RequestParser:
         del buf[: end + 2]
         self._scan_from = 0
         return line
-
-
-# Field names already found to be tokens, with their lower-case form: most clients send the same few.
-_field_names: dict[str, str] = {}
-_FIELD_NAMES_LIMIT = 512
-_TOKEN_TEXT = re.compile(TCHAR.decode() + "+")
-
-# Host values already found valid; most servers see the same few, and a lookup is cheaper than the pattern.
-_good_hosts: set[str] = set()
-_GOOD_HOSTS_LIMIT = 256
-
-
-def _check_host(value: str) -> None:
-    if not _HOST_TEXT.fullmatch(value):
-        raise ProtocolError(400, "Host header holds characters not allowed in a host name")
-    if len(_good_hosts) < _GOOD_HOSTS_LIMIT:
-        _good_hosts.add(value)
 
 
 def _check_codings(codings: list[str]) -> None:

@@ -46,15 +46,6 @@ class ProxyHeader:
     destination: Address | None
 
 
-def starts_like_header(data: bytes) -> bool:
-    """True when ``data`` (at least one byte) could be the beginning of a v1 or v2 header."""
-    size = min(len(data), len(V1_PREFIX))
-    if data[:size] == V1_PREFIX[:size]:
-        return True
-    size = min(len(data), len(V2_SIGNATURE))
-    return data[:size] == V2_SIGNATURE[:size]
-
-
 def parse(data: bytes) -> ProxyHeader | None:
     """The header at the start of ``data``; None while more bytes are needed; ProxyHeaderError when invalid."""
     if not data:

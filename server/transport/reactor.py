@@ -62,7 +62,7 @@ from .. import errorlog
 from ..accesslog import AccessLog
 from ..config import Settings
 from ..metrics import ProcessRecorders, Recorder
-from ..protocol import FirstBlocks, Phase, ProtocolError, RequestParser
+from ..protocol import HeaderCache, Phase, ProtocolError, RequestParser
 from ..protocol.writer import CONTINUE, error_response
 from ..wsgi import WSGIRunner
 from .acceptor import Acceptor, overload_answer
@@ -103,7 +103,8 @@ class Reactor:
         self.batch = BatchWriter(self.seats, self._write_held)
         # One parser per connection; the parsers share what new connections usually begin with.
         # A body beyond --max-body-in-memory waits in an anonymous file (protocol/body.py).
-        new_parser = functools.partial(RequestParser, settings.limits(), FirstBlocks(), spill=tempfile.TemporaryFile)
+        limits = settings.limits()
+        new_parser = functools.partial(RequestParser, limits, HeaderCache(limits), spill=tempfile.TemporaryFile)
         self.acceptor = Acceptor(listeners, self.table, self.leadership.poller,
                                  max_connections=settings.max_connections, send_timeout=settings.send_timeout,
                                  new_parser=new_parser, date=runner.dates.now, on_first=self.leadership.wake_main,

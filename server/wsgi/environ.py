@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+import threading
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -50,6 +51,12 @@ class EnvironBuilder:
         # base in the next size up with one unused entry, which dict.copy() still clones as it is.
         self.base["_room"] = None
         del self.base["_room"]
+        # Header name (lower case) -> environ key, or "" for names the environ leaves out. Filled as
+        # names are seen, up to _KEYS_LIMIT, so the usual names cost one lookup instead of three string
+        # operations. Shared by every worker thread: lookups take no lock, inserts take _keys_lock (a
+        # dict operation is atomic with or without the GIL, PEP 703), and a lost race computes a key twice.
+        self._keys: dict[str, str] = {"content-type": "CONTENT_TYPE"}
+        self._keys_lock = threading.Lock()
 
     def announce_draining(self) -> None:
         """From now on every request's environ has ``calc_server.draining`` True (the server's lame duck,
@@ -90,12 +97,12 @@ class EnvironBuilder:
             env.update(tls.variables)
         if size or request.chunked or request.method in _BODY_METHODS:
             env["CONTENT_LENGTH"] = str(size)
-        keys = _KEYS
+        keys = self._keys
         for name, value in request.headers:
             try:
                 key = keys[name]  # a subscript is cheaper than .get(): no method call
             except KeyError:
-                key = _key(name)
+                key = self._key(name)
             if not key:
                 continue
             if key in env:  # a repeated field: one value, comma-separated (RFC 9110 5.3)
@@ -107,6 +114,14 @@ class EnvironBuilder:
         if self.proxies.configured and ("HTTP_X_FORWARDED_FOR" in env or "HTTP_X_FORWARDED_PROTO" in env):
             self._forwarded(env, peer.address)
         return env
+
+    def _key(self, name: str) -> str:
+        """The environ key of a header name not in the table yet, added while the table has room."""
+        key = _environ_key(name)
+        with self._keys_lock:
+            if len(self._keys) < _KEYS_LIMIT:
+                self._keys[name] = key
+        return key
 
     def _forwarded(self, env: dict[str, Any], peer: str) -> None:
         """Take the client address and scheme from a proxy we trust."""
@@ -170,19 +185,12 @@ class EmptyInput(io.RawIOBase):
 
 EMPTY_INPUT = EmptyInput()
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-# Header name (lower case) -> environ key, or "" for names the environ leaves out. Filled as
-# names are seen, up to a bound, so the usual names cost one lookup instead of three string operations.
-_KEYS: dict[str, str] = {"content-type": "CONTENT_TYPE"}
 _KEYS_LIMIT = 512
 
 
-def _key(name: str) -> str:
+def _environ_key(name: str) -> str:
     if name in ("content-length", "transfer-encoding") or "_" in name:
         # The body is handed over decoded, with its real length; a name with "_" could
         # pose as a different header once mapped to HTTP_* (as gunicorn and nginx, drop it).
-        key = ""
-    else:
-        key = "HTTP_" + name.upper().replace("-", "_")
-    if len(_KEYS) < _KEYS_LIMIT:
-        _KEYS[name] = key
-    return key
+        return ""
+    return "HTTP_" + name.upper().replace("-", "_")

@@ -16,7 +16,7 @@ from typing import Protocol
 from .. import errorlog
 from ..accesslog import AccessLog
 from ..protocol import Request, ResponsePlan
-from ..protocol.response import Fields, check_fields, frame
+from ..protocol.response import Fields, ResponseCache
 from ..protocol.writer import LAST_CHUNK, chunk, error_response, http_date
 from .environ import EnvironBuilder
 from .file_wrapper import FileWrapper
@@ -120,7 +120,8 @@ class _Exchange:
                 exc_info = None
         elif self.fields is not None:
             raise AssertionError("start_response called a second time without exc_info")
-        self.fields = check_fields(status, headers)  # raises here, while the application can still react
+        # raises here, while the application can still react
+        self.fields = self.runner.responses.check_fields(status, headers)
         return self.write
 
     def begin(self, length_hint: int | None) -> ResponsePlan:
@@ -130,8 +131,8 @@ class _Exchange:
         runner = self.runner
         http11, method = self.request.http11, self.request.method
         keep = self.keep_alive and (not runner.closing or self.sink.more_requests_sent())
-        self.plan = frame(fields, http11, method == "HEAD", keep, length_hint, runner.dates.now(),
-                          runner.server_header)
+        self.plan = runner.responses.frame(fields, http11, method == "HEAD", keep, length_hint, runner.dates.now(),
+                                           runner.server_header)
         return self.plan
 
     def write(self, data: bytes) -> None:
@@ -183,6 +184,7 @@ class WSGIRunner:
         self.server_header = server_header
         self.access_log = access_log
         self.dates = DateCache()
+        self.responses = ResponseCache()  # this server's checked header lists and response heads
         # Set at shutdown: from then on each connection's last answer carries Connection: close.
         self.closing = False
 

@@ -6,6 +6,7 @@
 - ``certificates``: a throw-away CA and certificates for the TLS tests (``make_tls_files``).
 - ``stalling``: many connections that begin a request or handshake and never finish it.
 - ``processes``: threads, descriptors and children of a process, from /proc.
+- ``parsers``: request parsers with a server's HeaderCache or without (``parser_factory``).
 - ``tools``: the checkout's root, CI or not, required programs, ``wait_until``.
 
 Tests import from here (``from harness import RawClient, get``): tests/ is on sys.path.
@@ -14,6 +15,7 @@ Tests import from here (``from harness import RawClient, get``): tests/ is on sy
 from .certificates import TLSFiles, make_tls_files
 from .client import RawClient, ReceiveQueue, fetch, get, read_to_eof
 from .nginx import NGINX_DEFAULTS, NGINX_TEMPLATE, NginxProxy, render_nginx_template, start_nginx
+from .parsers import PARSER_CACHES, parser_factory
 from .processes import proc_children, proc_cpu_seconds, proc_fds, proc_rss, proc_threads
 from .server import LISTENING, READY, ServerProcess, both_listeners, start_server
 from .stalling import StallingClients
@@ -24,6 +26,7 @@ __all__ = [
     "LISTENING",
     "NGINX_DEFAULTS",
     "NGINX_TEMPLATE",
+    "PARSER_CACHES",
     "READY",
     "ROOT",
     "NginxProxy",
@@ -36,6 +39,7 @@ __all__ = [
     "fetch",
     "get",
     "make_tls_files",
+    "parser_factory",
     "proc_children",
     "proc_cpu_seconds",
     "proc_fds",
