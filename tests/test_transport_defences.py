@@ -74,17 +74,21 @@ def test_over_the_limit_a_tls_client_gets_its_503_inside_tls_with_a_live_date(se
     server = server_factory("--max-connections", "1", "--no-access-log", "--certfile", str(tls_certs.server_cert),
                             "--keyfile", str(tls_certs.server_key))
     context = tls_certs.client_context()
+    pid = server.proc.pid
     holder = context.wrap_socket(socket.create_connection(server.address, timeout=5), server_hostname="localhost")
     try:
         holder.sendall(get("/healthz"))
         assert holder.recv(4096).startswith(b"HTTP/1.1 200 ")  # the one slot is taken
-        answer = _tls_get(context, server.address)  # a TLS error here is the old clear-text 503
-        head = answer.partition(b"\r\n\r\n")[0].decode("latin-1")
-        assert head.startswith("HTTP/1.1 503 "), head
-        fields = dict(line.split(": ", 1) for line in head.split("\r\n")[1:])
-        assert fields["Retry-After"] == "1"
-        date = email.utils.parsedate_to_datetime(fields["Date"]).timestamp()
-        assert abs(date - time.time()) < 2.0
+        with_holder = proc_fds(pid)
+        for _ in range(2):  # and a refused connection, once gone, gives no slot back that it never had
+            answer = _tls_get(context, server.address)  # a TLS error here is the old clear-text 503
+            head = answer.partition(b"\r\n\r\n")[0].decode("latin-1")
+            assert head.startswith("HTTP/1.1 503 "), head
+            fields = dict(line.split(": ", 1) for line in head.split("\r\n")[1:])
+            assert fields["Retry-After"] == "1"
+            date = email.utils.parsedate_to_datetime(fields["Date"]).timestamp()
+            assert abs(date - time.time()) < 2.0
+            wait_until(lambda: proc_fds(pid) == with_holder, timeout=5, what="the refused connection closed")
     finally:
         holder.close()
 

@@ -246,7 +246,7 @@ class Reactor:
             if conn.drain_when_written:
                 conn.start_draining(monotonic())
                 return _AGAIN  # read on to the client's EOF (lingering close)
-        if conn.refusing:
+        if conn.refusing and not conn.draining:
             return self._refuse(conn, seat)
         now = monotonic()
         if conn.requests_waiting:
@@ -371,8 +371,7 @@ class Reactor:
         conn.send_response(answer)
         if seat.stats is not None:
             seat.stats.refused(len(answer))
-        conn.refusing = False  # answered; it drains like any closing connection
-        return self._finish(conn, monotonic())
+        return self._finish(conn, monotonic())  # it drains like any closing connection (and stays counted apart)
 
     def reject(self, conn: Connection, error: ProtocolError, now: float, seat: WorkerSeat | None = None) -> int:
         """A request we cannot parse, or a deadline passed (the sweep: no seat): say why, then close.
