@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from harness import ROOT
+from harness.transcripts import matches  # "..." in a transcript stands for any lines
 from test_compose import IMAGES, compose_command, docker_engine, free_port, pick_image
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -49,15 +50,6 @@ def sessions() -> list[tuple[str, list[tuple[str, list[str]]]]]:
                 continued = line.endswith("\\")
             found.append((page.name, commands))
     return found
-
-
-def matches(expected: list[str], actual: list[str]) -> bool:
-    """Line by line; a line ``...`` stands for any lines the reader need not see."""
-    if not expected:
-        return not actual
-    if expected[0] == "...":
-        return any(matches(expected[1:], actual[i:]) for i in range(len(actual) + 1))
-    return bool(actual) and expected[0] == actual[0] and matches(expected[1:], actual[1:])
 
 
 SESSIONS = sessions()
