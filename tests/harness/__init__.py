@@ -12,7 +12,7 @@
 Tests import from here (``from harness import RawClient, get``): tests/ is on sys.path.
 """
 
-from .certificates import TLSFiles, make_tls_files
+from .certificates import TLSFiles, make_tls_files, make_tls_files_with
 from .client import RawClient, ReceiveQueue, fetch, get, read_to_eof
 from .nginx import NGINX_DEFAULTS, NGINX_TEMPLATE, NginxProxy, render_nginx_template, start_nginx
 from .parsers import PARSER_CACHES, parser_factory
@@ -39,6 +39,7 @@ __all__ = [
     "fetch",
     "get",
     "make_tls_files",
+    "make_tls_files_with",
     "parser_factory",
     "proc_children",
     "proc_cpu_seconds",

@@ -17,7 +17,7 @@ class TLSFiles:
 
     directory: Path
     ca_cert: Path
-    ca_key: EllipticCurvePrivateKey
+    ca_key: EllipticCurvePrivateKey | None  # None when another interpreter made them (make_tls_files_with)
     server_cert: Path
     server_key: Path
     client_cert: Path
@@ -90,6 +90,11 @@ def _issue(directory: Path, name: str, common_name: str, ca_cert_path: Path | No
             builder = builder.add_extension(x509.SubjectAlternativeName([
                 x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
                 x509.IPAddress(ipaddress.ip_address("::1"))]), critical=False)
+    # Key identifiers: Python 3.13+ clients verify with VERIFY_X509_STRICT, which refuses a chain
+    # without them ("Missing Authority Key Identifier").
+    builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    builder = builder.add_extension(
+        x509.AuthorityKeyIdentifier.from_issuer_public_key(signing_key.public_key()), critical=False)
     certificate = builder.sign(signing_key, hashes.SHA256())
     cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
     cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
@@ -109,3 +114,16 @@ def make_tls_files(directory: Path) -> TLSFiles:
     server_cert, server_key = _issue(directory, "server", "localhost", ca_cert, ca_key)
     client_cert, client_key = _issue(directory, "client", "alice", ca_cert, ca_key, server=False)
     return TLSFiles(directory, ca_cert, ca_key, server_cert, server_key, client_cert, client_key)
+
+
+def make_tls_files_with(python: str, directory: Path) -> TLSFiles:
+    """The same files, made by another interpreter that has cryptography (the free-threaded lane has none:
+    no wheel for it). The CA's key stays in its file, so ``issue`` cannot sign more with the result."""
+    import subprocess
+
+    script = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
+              "from harness.certificates import make_tls_files; make_tls_files(Path(sys.argv[2]))")
+    subprocess.run([python, "-c", script, str(Path(__file__).parent.parent), str(directory)], check=True,
+                   timeout=120)
+    return TLSFiles(directory, directory / "ca.pem", None, directory / "server.pem", directory / "server.key",
+                    directory / "client.pem", directory / "client.key")
