@@ -1,7 +1,7 @@
 """Many threads at once on the pieces a server's threads share.
 
-The shared pieces: the parsers' shared memo of first header blocks (and the protocol's module-level
-tables), the metrics recorders, the connection table, the request count that drives
+The shared pieces: the parsers' HeaderCache (one per server: the blocks that began connections,
+the compiled block shapes), the metrics recorders, the connection table, the request count that drives
 ``--max-requests``, and the slot of shared memory a worker and its master both map. Each test
 drives one of them from many threads at once and checks a result that a lost update or a torn
 read would change: exact counts, answers that match their own requests, parses that match a
@@ -26,7 +26,7 @@ from collections.abc import Callable
 from harness import wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.protocol import FirstBlocks, Limits, RequestParser
+from server.protocol import HeaderCache, Limits, RequestParser
 from server.transport.worker import BOOTING, READY, RECYCLE, WorkerSlot
 
 THREADS = 8
@@ -80,8 +80,8 @@ def _request(i: int) -> bytes:
     return f"{head}\r\n\r\n".encode() + body
 
 
-def _parse(data: bytes, limits: Limits, first_blocks: FirstBlocks | None) -> tuple[object, ...]:
-    parser = RequestParser(limits, first_blocks)
+def _parse(data: bytes, limits: Limits, cache: HeaderCache | None) -> tuple[object, ...]:
+    parser = RequestParser(limits, cache)
     parser.feed(data)
     request = parser.next_request()
     assert request is not None
@@ -90,14 +90,14 @@ def _parse(data: bytes, limits: Limits, first_blocks: FirstBlocks | None) -> tup
 
 
 def test_parsers_sharing_one_memo_parse_as_one_alone():
-    """Eight threads parse the same 1000 requests in different orders, with fresh parsers sharing one memo
-    of first blocks (as one server's connections do), over more distinct blocks than the memo keeps, so
-    threads insert, look up and start the memo over all at once. Every parse must equal a parse done alone
-    with no memo: a memo entry seen half-made, or facts kept under another block's key, changes one."""
+    """Eight threads parse the same 1000 requests in different orders, with fresh parsers sharing one
+    HeaderCache (as one server's connections do), over more distinct blocks than it keeps, so threads
+    insert, look up and start its tables over all at once. Every parse must equal a parse done alone
+    with no cache: an entry seen half-made, or facts kept under another block's key, changes one."""
     limits = Limits()
     requests = [_request(i) for i in range(1000)]
     alone = [_parse(data, limits, None) for data in requests]
-    shared = FirstBlocks()
+    shared = HeaderCache(limits)
 
     def work(t: int) -> None:
         order = list(range(len(requests)))
@@ -111,10 +111,11 @@ def test_parsers_sharing_one_memo_parse_as_one_alone():
 
 
 def test_one_connection_parser_per_thread_with_repeats():
-    """A connection's parser keeps its own memos of the last block; eight connections (one per thread), each
-    sending blocks that repeat and change one line, must each read exactly their own requests."""
+    """A connection's parser keeps its own memo of the last block and takes block shapes from the shared
+    cache; eight connections (one per thread), each sending blocks that change one line (a request id, as
+    a proxy's do), must each read exactly their own requests."""
     limits = Limits()
-    shared = FirstBlocks()
+    shared = HeaderCache(limits)
 
     def work(t: int) -> None:
         parser = RequestParser(limits, shared)
