@@ -19,10 +19,13 @@ from harness import both_listeners, require_tool
 
 from server.protocol import Limits, RequestParser
 from server.wsgi.environ import EnvironBuilder
+from server.wsgi.peer import PeerInfo, TLSFacts
 from server.wsgi.proxy import TrustedProxies
 
+UNTRUSTED_PEER = PeerInfo("192.0.2.9", "5000")
 
-def _environ(raw: bytes, peer: tuple[str, ...] = ("192.0.2.9", "5000"), trusted: tuple[str, ...] = ()) -> dict:
+
+def _environ(raw: bytes, peer: PeerInfo = UNTRUSTED_PEER, trusted: tuple[str, ...] = ()) -> dict:
     parser = RequestParser(Limits())
     parser.feed(raw)
     request = parser.next_request()
@@ -39,17 +42,17 @@ def test_an_absolute_form_target_never_sets_the_scheme(target):
     assert env["wsgi.url_scheme"] == "http"
     assert env["PATH_INFO"] == "/x"
     # from a trusted proxy too: only its header may say https
-    env = _environ(b"GET " + target + b" HTTP/1.1\r\nHost: bank.example\r\n\r\n", peer=("127.0.0.1", "5000"),
+    env = _environ(b"GET " + target + b" HTTP/1.1\r\nHost: bank.example\r\n\r\n", peer=PeerInfo("127.0.0.1", "5000"),
                    trusted=("127.0.0.1",))
     assert env["wsgi.url_scheme"] == "http"
     env = _environ(b"GET " + target + b" HTTP/1.1\r\nHost: bank.example\r\nX-Forwarded-Proto: https\r\n\r\n",
-                   peer=("127.0.0.1", "5000"), trusted=("127.0.0.1",))
+                   peer=PeerInfo("127.0.0.1", "5000"), trusted=("127.0.0.1",))
     assert env["wsgi.url_scheme"] == "https"
 
 
 def test_a_tls_connection_stays_https_whatever_the_target_says():
     env = _environ(b"GET http://bank.example/x HTTP/1.1\r\nHost: bank.example\r\n\r\n",
-                   peer=("192.0.2.9", "5000", {"wsgi.url_scheme": "https", "HTTPS": "on"}))
+                   peer=PeerInfo("192.0.2.9", "5000", tls=TLSFacts({"HTTPS": "on"})))
     assert env["wsgi.url_scheme"] == "https"
 
 
