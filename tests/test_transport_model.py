@@ -65,7 +65,7 @@ def _request(name: str, number: int, kind: str) -> bytes:
         return b"POST %s HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body)
     if kind == "chunked":
         return (b"POST %s HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
-                b"5\r\nhello\r\n3;ext=1\r\nabc\r\n0\r\nTrailer: x\r\n\r\n" % path.encode())
+                b"5\r\nhello\r\n3;ext=1\r\nabc\r\n0\r\nX-Checksum: x\r\n\r\n" % path.encode())
     return get(path, "Connection: close\r\n")
 
 

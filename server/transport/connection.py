@@ -65,7 +65,7 @@ class Connection:
     """One accepted client; see the module docstring for who may touch what.
 
     Owned by the thread that claimed it: ``stream``, ``parser``, ``out`` and the clocks. Under
-    ``lock`` (any thread, briefly): ``owner`` and ``readable_again``. Read-only after accept:
+    ``lock`` (any thread, briefly): ``owner``, ``readable_again``, and ``hangup`` being set. Read-only after accept:
     ``fd``, ``send_timeout``. ``peer`` is replaced whole, never changed.
     """
 
@@ -131,10 +131,16 @@ class Connection:
 
     # -- ownership: the only way it passes between threads --------------------------------------------
 
-    def claim(self, owner: object) -> bool:
-        """Take the connection for ``owner``; if another has it, leave the note that it is readable again."""
+    def claim(self, owner: object, hangup: int = 0) -> bool:
+        """Take the connection for ``owner``; if another has it, leave the note that it is readable again.
+
+        ``hangup`` (the poller's hang-up bits) goes into the note too: data and a FIN reported as one
+        event while someone else owns the connection must still make its owner read on to the EOF.
+        """
         lock = self.lock
         lock.acquire()  # not ``with``: its __exit__ call costs about 150 instructions per request, twice
+        if hangup:
+            self.hangup = True
         if self.owner is None:
             self.owner = owner
             lock.release()

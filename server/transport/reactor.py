@@ -206,10 +206,8 @@ class Reactor:
 
     def _take(self, conn: Connection, seat: WorkerSeat, events: int) -> None:
         """Claim a ready connection and work on it until nothing is left to do; see connection.py for the claim."""
-        if not conn.claim(seat):
+        if not conn.claim(seat, events & _HANGUP):  # data and FIN can come as one event: read on to the EOF
             return  # its owner will see the note and read again
-        if events & _HANGUP:
-            conn.hangup = True  # data and FIN can come as one event: read until the EOF shows
         step = self._step
         while True:
             try:
