@@ -2,9 +2,9 @@
 
 Reopening works on descriptor numbers, not Python file objects: the new file is
 opened and ``dup2``'d over the old descriptor in one system call, so the
-access-log flusher thread, ``print(file=sys.stderr)`` and tracebacks written by
-any thread simply continue into the new file; nothing needs a lock and no line
-is written to a closed descriptor. Every process holds its own descriptors, so
+access log's writer thread and the error log's handler (``errorlog``, which
+writes through ``sys.stderr``), from any thread, simply continue into the new
+file; nothing needs a lock and no line is written to a closed descriptor. Every process holds its own descriptors, so
 the master reopens its own and passes SIGUSR1 on to each worker.
 """
 
