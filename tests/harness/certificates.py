@@ -22,6 +22,7 @@ class TLSFiles:
     server_key: Path
     client_cert: Path
     client_key: Path
+    maker: str | None = None  # the interpreter that made them, when not this one (make_tls_files_with)
 
     def client_context(self, with_cert: bool = False) -> ssl.SSLContext:
         """A client context that trusts the test CA (and presents the client certificate if asked)."""
@@ -33,6 +34,10 @@ class TLSFiles:
     def issue(self, name: str, common_name: str, *, server: bool = True, password: bytes | None = None
               ) -> tuple[Path, Path]:
         """A new certificate signed by the test CA (fresh key, fresh serial): (cert path, key path)."""
+        if self.maker is not None:
+            _run_with(self.maker, "from harness.certificates import issue_with_ca_file as f; "
+                      f"f(Path({str(self.directory)!r}), {name!r}, {common_name!r}, {server!r}, {password!r})")
+            return self.directory / f"{name}.pem", self.directory / f"{name}.key"
         return _issue(self.directory, name, common_name, self.ca_cert, self.ca_key, server=server,
                       password=password)
 
@@ -118,12 +123,26 @@ def make_tls_files(directory: Path) -> TLSFiles:
 
 def make_tls_files_with(python: str, directory: Path) -> TLSFiles:
     """The same files, made by another interpreter that has cryptography (the free-threaded lane has none:
-    no wheel for it). The CA's key stays in its file, so ``issue`` cannot sign more with the result."""
+    no wheel for it); ``issue`` then asks that interpreter too."""
+    _run_with(python, f"from harness.certificates import make_tls_files; make_tls_files(Path({str(directory)!r}))")
+    return TLSFiles(directory, directory / "ca.pem", None, directory / "server.pem", directory / "server.key",
+                    directory / "client.pem", directory / "client.key", maker=python)
+
+
+def issue_with_ca_file(directory: Path, name: str, common_name: str, server: bool, password: bytes | None) -> None:
+    """``TLSFiles.issue`` in the interpreter that made the files, with the CA's key read from its file."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
+
+    ca_key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), password=None)
+    assert isinstance(ca_key, EllipticCurvePrivateKey)
+    _issue(directory, name, common_name, directory / "ca.pem", ca_key, server=server, password=password)
+
+
+def _run_with(python: str, code: str) -> None:
+    import os
     import subprocess
 
-    script = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
-              "from harness.certificates import make_tls_files; make_tls_files(Path(sys.argv[2]))")
-    subprocess.run([python, "-c", script, str(Path(__file__).parent.parent), str(directory)], check=True,
-                   timeout=120)
-    return TLSFiles(directory, directory / "ca.pem", None, directory / "server.pem", directory / "server.key",
-                    directory / "client.pem", directory / "client.key")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON_GIL"}  # a GIL build refuses PYTHON_GIL=0
+    script = f"import sys; from pathlib import Path; sys.path.insert(0, {str(Path(__file__).parent.parent)!r}); {code}"
+    subprocess.run([python, "-c", script], check=True, timeout=120, env=env)
