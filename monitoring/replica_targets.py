@@ -9,10 +9,13 @@ replica, labelled ``container="<project>-server-<n>"``, so a graph or alert name
 as ``docker ps`` and ``docker compose logs`` do.
 
 It needs no privileges and no Docker socket: that is the trade-off against Prometheus's
-``docker_sd_configs``, which reads the same names (and every label) from the Docker API, but
-needs the socket mounted into Prometheus, and whoever holds that socket controls the host
-(a ``:ro`` mount does not make the API read-only). The price here is one small container,
-and names only (no other container labels).
+``docker_sd_configs``. Tried on this stack, that labels the targets just as well (relabelling
+``__meta_docker_container_name``), but only with /var/run/docker.sock mounted into Prometheus
+and Prometheus's user added to the host's docker group, whose id differs per host (106 here),
+so the compose file cannot say it; whoever holds that socket controls the host (a ``:ro``
+mount does not make the API read-only); and its label filter sees every compose project's
+``server`` on the host unless it also names this project. The price here is one small
+container, and names only (no other container labels).
 
 Served by calc-server itself (docker-compose.yml's ``replica-targets`` service):
 ``GET /targets`` is the discovery document, ``GET /healthz`` the health check. Settings from
