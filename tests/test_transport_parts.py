@@ -9,6 +9,7 @@ clock passed in rather than waited for.
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import ssl
 import threading
@@ -199,6 +200,30 @@ def test_claim_leaves_a_note_that_keeps_the_owner(pair):
     assert conn.owner is None
     assert conn.try_claim("sweep") and not conn.try_claim("other")
     assert conn.release()  # try_claim leaves no note
+
+
+def test_a_hang_up_reported_to_a_thread_that_does_not_own_the_connection_reaches_its_owner(pair):
+    """Data and a FIN in one event, reported while another thread owns the connection: the owner must
+    still read on to the EOF, for no further event will come."""
+    conn, _ = pair
+    assert conn.claim("owner")
+    assert not conn.claim("leader", select.POLLIN | select.POLLRDHUP)
+    assert conn.hangup
+    assert not conn.release()  # the note: read again, now knowing the EOF follows
+
+
+def test_clients_that_half_close_at_once_get_their_answer_and_then_the_close():
+    """Request and FIN sent together, by many clients at once through four threads: every one gets its
+    answer, then EOF (none is left waiting in CLOSE-WAIT for a FIN nobody read)."""
+    with serving(make_reactor(4)) as reactor:
+        socks = [client_of(reactor) for _ in range(64)]
+        for number, sock in enumerate(socks):
+            sock.sendall(get(f"/half/{number}"))
+            sock.shutdown(socket.SHUT_WR)
+        for number, sock in enumerate(socks):
+            assert read_answers(sock, 1) == [f"/half/{number}".encode()]
+            assert sock.recv(1) == b""  # and the server closed its side
+            sock.close()
 
 
 def test_claims_from_many_threads_give_one_owner_at_a_time(pair):
