@@ -166,7 +166,7 @@ class PageSession:
         words = [w for w in shlex.split(step.command) if not re.fullmatch(r"[A-Za-z_]\w*=.*", w)]
         program = words[0] if words else ""
         if program in ("kill", "pkill", "killall", "docker", "docker-compose", "systemctl", "locust") \
-                or program.endswith("/locust"):
+                or program.endswith("/locust") or "locust" in words[1:3] or program == "scripts/test":
             # never replayed: a pid or a name from the page could hit anybody's process or container
             return f"{self.page}: `{step.command}` cannot be replayed safely; mark its block illustrative"
         if program and program not in ("cd", "export", "calc-server") and "/" not in program \
