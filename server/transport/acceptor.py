@@ -119,7 +119,10 @@ class Acceptor:
             table.add(conn)
             self.poller.add(conn.fd)
             if stats is not None:
-                stats.accepted()
+                if over:
+                    stats.refused(0)  # its 503's bytes are counted when it is written, after the handshake
+                else:
+                    stats.accepted()
         return True
 
     def adopt(self, sock: socket.socket, peer: PeerInfo = UNIX_PEER) -> Connection:

@@ -368,7 +368,7 @@ class Reactor:
         answer = overload_answer(self.runner.dates.now())
         conn.send_response(answer)
         if seat.stats is not None:
-            seat.stats.refused(len(answer))
+            seat.stats.bytes_out += len(answer)  # counted as refused when it was accepted
         return self._finish(conn, monotonic())  # it drains like any closing connection (and stays counted apart)
 
     def reject(self, conn: Connection, error: ProtocolError, now: float, seat: WorkerSeat | None = None) -> int:
