@@ -25,14 +25,13 @@ from .limits import Limits
 # Over the decoded head; includes the line's CRLF so the match ends where the headers start.
 # The target is visible ASCII only (RFC 9112 3.2, RFC 3986 2): other octets must be percent-encoded.
 _REQUEST_LINE_TEXT = re.compile(r"(" + TCHAR.decode() + r"+) ([!-~]+) HTTP/([0-9])\.([0-9])\r\n")
-_FIELD = FIELD  # one field line, as bytes (trailers)
 _CHUNK_LINE = re.compile(
     rb"([0-9A-Fa-f]{1,16})"
     rb"(?:[ \t]*;[ \t]*" + TCHAR + rb"+"
     rb"(?:[ \t]*=[ \t]*(?:" + TCHAR + rb"+|\"(?:[^\"\\\x00-\x08\x0a-\x1f\x7f]|\\[\t -~\x80-\xff])*\"))?)*"
 )
-# Possessive for the same reason: the authority and the path may split a run of characters either
-# way, which made a 8 KiB target ending in '#' cost seconds.
+# Possessive, as the field patterns are (facts.py): the authority and the path may split a run of
+# characters either way, which made a 8 KiB target ending in '#' cost seconds.
 _ABSOLUTE_TEXT = re.compile(r"([A-Za-z][A-Za-z0-9+\-.]*+)://([^/?#]*+)([^?#]*+)(?:\?([^#]*+))?")
 _BARE_EOL = re.compile(rb"\r(?!\n|\Z)|(?<!\r)\n")
 # Fields a chunked body's trailer section must not carry (RFC 9110 6.5.1): their meaning is needed
@@ -67,6 +66,8 @@ class _State(enum.Enum):
 _HEAD = _State.HEAD  # module constants: an enum attribute lookup on the hot path costs more
 _LENGTH_BODY = _State.LENGTH_BODY
 _RUN_CHUNK = 64  # chunks up to this size that repeat their size line are read as a run (_read_chunk_run)
+
+
 class RequestParser:
     """Turns a byte stream into ``Request`` objects, one complete request at a time."""
 
@@ -466,7 +467,7 @@ class RequestParser:
                 self._trailer_bytes += len(line)
                 if self._trailer_count > limits.max_header_count or self._trailer_bytes > limits.max_headers_total:
                     raise ProtocolError(431, "too many or too large trailer fields")
-                field = _FIELD.fullmatch(line)
+                field = FIELD.fullmatch(line)
                 if field is None:
                     raise field_error(line, kind="trailer")
                 name = field.group(1).lower()
