@@ -76,6 +76,7 @@ class ProxyView:
     logged: int  # the window's requests found in nginx's log
     retried: int  # requests nginx sent to more than one replica (each went on after a failure)
     worst_overhead: float  # seconds nginx spent on a request outside the replica that answered it
+    worst_entry: dict  # nginx's log entry of that request
 
 
 def proxy_view(stack: Stack, since: str, samples: list[Sample]) -> ProxyView:
@@ -88,6 +89,7 @@ def proxy_view(stack: Stack, since: str, samples: list[Sample]) -> ProxyView:
             entries[entry["request_id"]] = entry
     logged = retried = 0
     worst = 0.0
+    worst_entry: dict = {}
     for sample in samples:
         entry = entries.get(sample.request_id)
         if entry is None:
@@ -97,8 +99,9 @@ def proxy_view(stack: Stack, since: str, samples: list[Sample]) -> ProxyView:
         retried += len(tries) > 1
         answered = entry["upstream_response_time"].split(", ")[-1]
         overhead = entry["request_time"] - (float(answered) if answered not in ("-", "") else 0.0)
-        worst = max(worst, overhead)
-    return ProxyView(logged, retried, worst)
+        if overhead > worst:
+            worst, worst_entry = overhead, entry
+    return ProxyView(logged, retried, worst, worst_entry)
 
 
 class Watched:
@@ -132,12 +135,15 @@ class Watched:
               f"{summary.slowest * 1000:.0f} ms | {view.retried} | {view.worst_overhead * 1000:.0f} ms |")
         for error in summary.errors:
             print(f"    {error}")
+        if view.worst_overhead > 0.2:
+            print(f"    nginx's slowest routing: {view.worst_entry}")
         assert summary.requests >= 500, summary  # the load really ran through the change
         assert summary.failed == 0, summary.errors
         assert view.logged == summary.requests, "requests missing from nginx's log"
         # The stack's own part of the latency bound: nginx never spent 250 ms on a request outside the
         # replica that answered it (connect timeouts to departed addresses, tries that failed slowly).
-        assert view.worst_overhead < BOUND, f"nginx spent {view.worst_overhead * 1000:.0f} ms routing one request"
+        assert view.worst_overhead < BOUND, (f"nginx spent {view.worst_overhead * 1000:.0f} ms routing one request: "
+                                             f"{view.worst_entry}")
         # End to end, every request within the bound, unless the machine itself was the cause: a replica
         # slow to compute (a CPU-starved 2-core machine) is not the change. STRICT_LATENCY=1 counts those too.
         slow = [s for s in samples if not s.error and s.took > BOUND]
