@@ -44,13 +44,14 @@ MATRIX_TOOLS="haproxy systemd nginx"
 
 # The suites that run under every lane: all of tests/ but the ones that drive Docker, compose,
 # nginx, Kubernetes manifests, Locust, the docs site, the benchmark, schemathesis and the
-# Prometheus rules (promtool), which stay on 3.11.
+# Prometheus rules (promtool) and the package metadata, which stay on 3.11.
 MATRIX_PYTEST_ARGS=(
     -m "not docker and not nginx"
     --ignore=tests/test_compose.py --ignore=tests/test_compose_faults.py
     --ignore=tests/test_compose_monitoring.py --ignore=tests/test_kubernetes.py
     --ignore=tests/test_locust.py --ignore=tests/test_nginx.py --ignore=tests/test_docs.py
     --ignore=tests/test_bench.py --ignore=tests/test_api_schemathesis.py --ignore=tests/test_monitoring_rules.py
+    --ignore=tests/test_metadata.py
 )
 
 # Lines of requirements-test.txt the lanes leave out: tools of the suites that stay on 3.11.
