@@ -138,6 +138,39 @@ def test_forwarded_for_edge_cases(value, client):
     assert TrustedProxies(("127.0.0.1",)).client("127.0.0.1", value) == client
 
 
+def _client_the_long_way(networks: tuple[str, ...], peer: str, value: str) -> str:
+    """The X-Forwarded-For walk with every hop through parse_hop and ipaddress: what the fast path must match."""
+    import ipaddress
+
+    from server.wsgi.proxy import parse_hop
+
+    nets = [ipaddress.ip_network(n) for n in networks]
+    found = peer
+    for hop in reversed(value.replace(",", " ").split(" ")):
+        if hop:
+            ip = parse_hop(hop)
+            if ip is None:
+                return found
+            found = str(ip)
+            if not any(ip in net for net in nets):
+                return found
+    return found
+
+
+@pytest.mark.parametrize("networks", [("127.0.0.1",), ("127.0.0.1", "10.0.0.0/8", "::1"),
+                                      ("10.1.2.3/32", "10.0.0.0/16")])
+@pytest.mark.parametrize("value", [
+    "10.1.2.3", "10.0.9.9, 10.1.2.3", "203.0.113.7, 10.1.2.3, 127.0.0.1", "0.0.0.0", "255.255.255.255",
+    "256.1.1.1", "010.1.2.3", "10.01.2.3", "10.1.2", "10.1.2.3.4", "10.1.2.3:80", "10.1.2.3:", "10.1.2.3\n",
+    "\u0661.1.2.3", "10.1.2.\u0663", "10.1.2.3:\u0663", "10.1.2.3:" + "1" * 60, "::ffff:10.1.2.3",
+    "1.2.3.4, 10.1.2.3 127.0.0.1",
+])
+def test_forwarded_for_fast_path_agrees_with_ipaddress(networks, value):
+    """Plain dotted IPv4 hops skip ipaddress (proxy._PLAIN_IPV4); the answer is the same as without the shortcut."""
+    for peer in ("127.0.0.1", "10.1.2.3"):
+        assert TrustedProxies(networks).client_of_trusted(peer, value) == _client_the_long_way(networks, peer, value)
+
+
 def _start_nginx_realip(prefix: Path) -> tuple[subprocess.Popen[bytes], int]:
     import socket
 

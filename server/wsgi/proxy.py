@@ -21,9 +21,22 @@ the same way.
 from __future__ import annotations
 
 import ipaddress
+import re
+import socket
 from functools import lru_cache
 
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# The usual hop: a dotted IPv4 address already in canonical form (no leading zeros, each part at most
+# 255, ASCII digits only, no port). Such a hop is its own canonical text and needs no ipaddress object:
+# parse_hop would accept it and str() of its address gives the same characters back; whether it is one
+# of our proxies is a set lookup (TrustedProxies.single_v4) for the usual one-address entries. Anything
+# else (IPv6, a port, brackets, "010.0.0.1", "unknown", a non-ASCII digit) goes the long way, parse_hop.
+# Figure: the ``ids`` row of ``python -m loadtest.instructions`` (a new X-Forwarded-For address per
+# request, Python 3.11.7) went from 139,905 to 104,822 instructions per request (575c707: 92,681);
+# the walk over one such hop is now about 6,700 of them (the match about 3,500), ipaddress's ~36,000.
+_OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_PLAIN_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}").fullmatch
 
 
 def parse_hop(text: str) -> _Address | None:
@@ -67,6 +80,12 @@ class TrustedProxies:
         self.networks = tuple(ipaddress.ip_network(e, strict=False) for e in entries if e != "*")
         self.configured = self.any or bool(self.networks)  # False: forwarded headers are never looked at
         self.trusts = lru_cache(maxsize=1024)(self._trusts)
+        # The IPv4 networks for hops that never become ipaddress objects (_PLAIN_IPV4): one-address
+        # networks (the usual 127.0.0.1) as their canonical text, the others as (address, mask) integers.
+        self.single_v4 = frozenset(str(net.network_address) for net in self.networks
+                                   if net.version == 4 and net.prefixlen == 32)
+        self.wide_v4 = tuple((int(net.network_address), int(net.netmask)) for net in self.networks
+                             if net.version == 4 and net.prefixlen < 32)
 
     def _trusts(self, address: str) -> bool:
         if self.any or not address:
@@ -78,6 +97,11 @@ class TrustedProxies:
 
     def _trusts_ip(self, ip: _Address) -> bool:
         return self.any or any(ip in net for net in self.networks)
+
+    def _trusts_wide_v4(self, text: str) -> bool:
+        """Whether a canonical dotted IPv4 address (a hop _PLAIN_IPV4 matched) is in a network of ``wide_v4``."""
+        value = int.from_bytes(socket.inet_aton(text), "big")
+        return any(value & mask == network for network, mask in self.wide_v4)
 
     def client(self, peer: str, forwarded_for: str | None) -> str:
         """The first address, from the right, that is not one of our proxies."""
@@ -91,9 +115,15 @@ class TrustedProxies:
         Always an address in its canonical text form (or ``peer``), never the header's text as sent.
         """
         found = peer
+        plain, single, wide = _PLAIN_IPV4, self.single_v4, self.wide_v4
         for hop in reversed(forwarded_for.replace(",", " ").split(" ")):  # nginx splits at either
             if not hop:
                 continue  # between two separators: nothing
+            if plain(hop) is not None:  # the usual case, without ipaddress (see _PLAIN_IPV4)
+                found = hop
+                if hop in single or self.any or (wide and self._trusts_wide_v4(hop)):
+                    continue  # one of our proxies
+                return found
             ip = parse_hop(hop)
             if ip is None:
                 return found  # not an address: stop here, as nginx's realip does
