@@ -12,9 +12,9 @@ reconnecting like urllib3 (which they use). Each test makes one change while tha
 
 and asserts, for the requests that began from just before the change until SETTLE seconds after it
 completed (longer than nginx's fail_timeout, so a departed replica that nginx would try again is
-caught): none failed, and nginx never spent 250 ms (loadtest.steady_clients.BOUND) on a request
-outside the replica that answered it (its JSON access log, joined on X-Request-ID: connect
-timeouts to departed addresses, tries that failed slowly). That is the stack's share of the
+caught): none failed, and nginx never lost 250 ms (loadtest.steady_clients.BOUND) finding a
+replica for a request (its JSON access log, joined on X-Request-ID: failed tries such as connect
+timeouts to departed addresses, plus connecting to the replica that answered). That is the stack's share of the
 latency bound. End to end, the clients' own figure is printed in the table and asserted only with
 STRICT_LATENCY=1: on a 2-core machine shared with other work, a replica starved of CPU can take
 longer than 250 ms to compute 2 + 3, change or no change (the baseline row shows how often).
@@ -22,7 +22,8 @@ longer than 250 ms to compute 2 + 3, change or no change (the baseline row shows
 Each test prints its row of the issue's table: requests, failed, over 250 ms, slowest (client
 side), then requests nginx retried on another replica and nginx's worst routing time. On
 575c707 (nginx resolving `server` at start and reloaded by a watcher, no drain delay, a 1 s connect
-timeout) the restart, rolling-update and new-address tests fail: issue 23's note has both tables.
+timeout) the scale-up, scale-down, restart, rolling-update and new-address tests fail (the kill
+test passes there too); docs/deployment.md has both tables.
 
 Bounded in time: the stack comes up once (about half a minute), each change is watched for
 SETTLE seconds after it completes; the module takes about three minutes. The stack is taken
@@ -75,8 +76,23 @@ class ProxyView:
 
     logged: int  # the window's requests found in nginx's log
     retried: int  # requests nginx sent to more than one replica (each went on after a failure)
-    worst_overhead: float  # seconds nginx spent on a request outside the replica that answered it
+    worst_overhead: float  # seconds nginx lost finding a replica for one request (routing_time)
     worst_entry: dict  # nginx's log entry of that request
+
+
+def _seconds(values: str) -> list[float]:
+    return [float(value) if value not in ("-", "") else 0.0 for value in values.split(", ")]
+
+
+def routing_time(entry: dict) -> float:
+    """What nginx lost finding a replica for one request: every failed try whole (a connect timeout to a
+    departed address, a refused or reset connection), plus connecting to the replica that answered.
+
+    Not request_time minus the answer's time: that also counts reading the request from the client,
+    which on a busy machine waits for Docker's port proxy and says nothing about the stack."""
+    tries = _seconds(entry["upstream_response_time"])
+    connects = _seconds(entry["upstream_connect_time"])
+    return sum(tries[:-1]) + (connects[-1] if len(connects) == len(tries) else 0.0)
 
 
 def proxy_view(stack: Stack, since: str, samples: list[Sample]) -> ProxyView:
@@ -97,8 +113,7 @@ def proxy_view(stack: Stack, since: str, samples: list[Sample]) -> ProxyView:
         logged += 1
         tries = entry["upstream_addr"].split(", ")
         retried += len(tries) > 1
-        answered = entry["upstream_response_time"].split(", ")[-1]
-        overhead = entry["request_time"] - (float(answered) if answered not in ("-", "") else 0.0)
+        overhead = routing_time(entry)
         if overhead > worst:
             worst, worst_entry = overhead, entry
     return ProxyView(logged, retried, worst, worst_entry)
@@ -140,9 +155,9 @@ class Watched:
         assert summary.requests >= 500, summary  # the load really ran through the change
         assert summary.failed == 0, summary.errors
         assert view.logged == summary.requests, "requests missing from nginx's log"
-        # The stack's own part of the latency bound: nginx never spent 250 ms on a request outside the
-        # replica that answered it (connect timeouts to departed addresses, tries that failed slowly).
-        assert view.worst_overhead < BOUND, (f"nginx spent {view.worst_overhead * 1000:.0f} ms routing one request: "
+        # The stack's own part of the latency bound: nginx never lost 250 ms finding a replica for a
+        # request (connect timeouts to departed addresses, tries that failed slowly).
+        assert view.worst_overhead < BOUND, (f"nginx lost {view.worst_overhead * 1000:.0f} ms finding a replica: "
                                              f"{view.worst_entry}")
         # End to end, every request within the bound, unless the machine itself was the cause: a replica
         # slow to compute (a CPU-starved 2-core machine) is not the change. STRICT_LATENCY=1 counts those too.
