@@ -19,7 +19,6 @@ from __future__ import annotations
 import random
 import re
 import socket
-import struct
 import threading
 from collections.abc import Callable
 
@@ -150,7 +149,7 @@ def test_worker_slot_readings_are_whole():
         for n, value in enumerate(values):
             slot.beat(value)
             if n % 1000 == 0:
-                struct.pack_into("=I", slot._mem, 8, states[n // 1000 % 3])  # set_state without the signal
+                slot.set_state(states[n // 1000 % 3], wake_master=False)
         done.set()
 
     def reader(_: int) -> None:

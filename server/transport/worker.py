@@ -34,24 +34,32 @@ _LAYOUT = struct.Struct("=dI")  # last heartbeat (monotonic seconds), state
 class WorkerSlot:
     """Created by the master before the fork; both sides keep their mapping of the same memory."""
 
-    __slots__ = ("_mem", "max_requests")
+    __slots__ = ("_beat", "_mem", "_state", "max_requests")
 
     def __init__(self, now: float, max_requests: int = 0) -> None:
         self._mem = mmap.mmap(-1, _LAYOUT.size)  # MAP_SHARED | MAP_ANONYMOUS: survives fork as shared
+        # Each field is written and read as one item of a typed view: a single aligned store or load
+        # (memoryview copies the item whole). struct.pack_into zero-fills its target before it writes,
+        # so a reader in another process (the master), or in another thread without the GIL, could
+        # see a heartbeat of 0.0 in between: seen on free-threaded 3.13 (tests/test_thread_stress.py).
+        view = memoryview(self._mem)
+        self._beat = view[0:8].cast("d")
+        self._state = view[8:12].cast("I")
         self.max_requests = max_requests  # this worker's limit, jitter included; 0 for none
-        _LAYOUT.pack_into(self._mem, 0, now, BOOTING)
+        self._beat[0] = now
+        self._state[0] = BOOTING
 
     # -- the worker's side --------------------------------------------------------------------------------
 
     def beat(self, now: float) -> None:
-        struct.pack_into("=d", self._mem, 0, now)
+        self._beat[0] = now
 
     def set_state(self, state: int, *, wake_master: bool = True) -> None:
         """Ready, or done with its requests: both mean the master has work, so wake it rather than wait for its tick.
 
         ``wake_master=False`` only records the state: a test standing in for a worker has no master to wake.
         """
-        struct.pack_into("=I", self._mem, 8, state)
+        self._state[0] = state
         if wake_master:
             with contextlib.suppress(OSError):
                 os.kill(os.getppid(), signal.SIGCHLD)  # the master's SIGCHLD handler only wakes its loop
@@ -84,8 +92,10 @@ class WorkerSlot:
 
     def read(self) -> tuple[float, int]:
         """(last heartbeat, state)."""
-        beat, state = _LAYOUT.unpack_from(self._mem, 0)
+        beat, state = self._beat[0], self._state[0]
         return beat, state
 
     def close(self) -> None:
+        self._beat.release()
+        self._state.release()
         self._mem.close()
