@@ -1,8 +1,9 @@
 """One interpreter's line in scripts/test's summary, from its pytest output on stdin.
 
 Usage: python scripts/lib/pytest_summary.py NAME EXIT_STATUS SECONDS < pytest-output
-Prints e.g. ``python3.14: 812 passed, 0 failed, 3 skipped in 4m31s``. A run that ended without
-pytest's final line (it could not start, or was killed) says so, with its exit status.
+Prints e.g. ``python3.14: 812 passed, 0 failed, 3 skipped`` alone on its line, the plain closing line that
+CI's readers recognise, after a line with the time it took (and the exit status if it failed). A run that
+ended without pytest's final line (it could not start, or was killed) says so, with its exit status.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ def main() -> int:
     counts.pop("warnings", None)
     counts.pop("deselected", None)
     parts = [f"{n} {what}" for what, n in counts.items() if n or what in ("passed", "failed")]
-    verdict = "" if status == 0 else f" (exit status {status}: FAILED)"
-    print(f"{name}: {', '.join(parts)} in {took}{verdict}")
+    verdict = "" if status == 0 else f", exit status {status}: FAILED"
+    print(f"{name} ran for {took}{verdict}")
+    print(f"{name}: {', '.join(parts)}")
     return 0
 
 
