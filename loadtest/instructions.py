@@ -45,6 +45,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from .bench.servers import self_signed_certificate
+
 ROOT = Path(__file__).resolve().parent.parent
 BODY = b'{"op": "mult", "arg1": 2, "arg2": 4}'
 GET = b"GET /add/2/3 HTTP/1.1\r\nHost: bench\r\nUser-Agent: instructions\r\nAccept: */*\r\n\r\n"
@@ -130,14 +132,6 @@ def total(path: Path) -> int:
     return 0  # a thread that executed nothing since the last zeroing
 
 
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-                    "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=60)
-    return cert, key
-
-
 def measure(source: Path, rows: list[str], count: int, threads: int, workdir: Path, tls: bool) -> dict[str, int]:
     """One server under callgrind; instructions per request for each row, serving threads only."""
     out = workdir / ("tls" if tls else "plain")
@@ -145,7 +139,7 @@ def measure(source: Path, rows: list[str], count: int, threads: int, workdir: Pa
            sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", "0", "--threads", str(threads),
            "--no-access-log"]
     if tls:
-        cert, key = self_signed(workdir)
+        cert, key = self_signed_certificate(workdir)
         cmd += ["--certfile", str(cert), "--keyfile", str(key)]
     env = {**os.environ, "PYTHONPATH": str(source), "PYTHONHASHSEED": "0"}
     proc = subprocess.Popen(cmd, cwd=source, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
