@@ -224,7 +224,10 @@ class Servers:
         """
         port = free_port()
         values = {"CALC_UPSTREAM": f"127.0.0.1:{up.port}", "NGINX_LISTEN": f"127.0.0.1:{port}",
-                  "NGINX_RATE_LIMIT": "10000000r/s", "NGINX_RATE_BURST": "10000000", "NGINX_MAX_BODY_SIZE": "1m"}
+                  "NGINX_RATE_LIMIT": "10000000r/s", "NGINX_RATE_BURST": "10000000", "NGINX_MAX_BODY_SIZE": "1m",
+                  # the compose stack's values; the resolver is unused here, the upstream being an address
+                  "NGINX_RESOLVER": "127.0.0.11", "NGINX_RESOLVE_VALID": "1s", "NGINX_CONNECT_TIMEOUT": "50ms",
+                  "NGINX_FAIL_TIMEOUT": "10s"}
         text = TEMPLATE.read_text()
         rendered = re.sub(r"\$\{(\w+)\}", lambda m: values.get(m.group(1), m.group(0)), text)
         missing = sorted(set(re.findall(r"\$\{(\w+)\}", rendered)))
