@@ -132,6 +132,20 @@ def total(path: Path) -> int:
     return 0  # a thread that executed nothing since the last zeroing
 
 
+def start_under_valgrind(cmd: list[str], cwd: Path,
+                         env: dict[str, str]) -> tuple[subprocess.Popen[str], tuple[str, int]]:
+    """Start ``cmd`` (a server under valgrind, on 127.0.0.1 port 0) and wait for its ready line: the process
+    and the address it listens on. The ready line comes on stderr, merged here into the pipe read."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        match = re.search(r"listening on https?://127\.0\.0\.1:(\d+)", line)
+        if match:
+            return proc, ("127.0.0.1", int(match.group(1)))
+    proc.wait(timeout=60)
+    raise RuntimeError("the server did not start under valgrind")
+
+
 def measure(source: Path, rows: list[str], count: int, threads: int, workdir: Path, tls: bool) -> dict[str, int]:
     """One server under callgrind; instructions per request for each row, serving threads only."""
     out = workdir / ("tls" if tls else "plain")
@@ -142,16 +156,8 @@ def measure(source: Path, rows: list[str], count: int, threads: int, workdir: Pa
         cert, key = self_signed_certificate(workdir)
         cmd += ["--certfile", str(cert), "--keyfile", str(key)]
     env = {**os.environ, "PYTHONPATH": str(source), "PYTHONHASHSEED": "0"}
-    proc = subprocess.Popen(cmd, cwd=source, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc, address = start_under_valgrind(cmd, source, env)
     try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            match = re.search(r"listening on https?://127\.0\.0\.1:(\d+)", line)
-            if match:
-                address = ("127.0.0.1", int(match.group(1)))
-                break
-        else:
-            raise RuntimeError("the server did not start under valgrind")
         result = {}
         first = 1
         for row in rows:

@@ -36,6 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from .instructions import start_under_valgrind
+
 ROOT = Path(__file__).resolve().parent.parent
 BODY = json.dumps({"op": "mult", "arg1": 6, "arg2": 7}).encode()
 KINDS = {
@@ -84,16 +86,8 @@ def measure(metrics: bool, count: int, workdir: Path) -> dict[str, int]:
     if metrics:
         cmd += ["--metrics-bind", "127.0.0.1:0"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc, address = start_under_valgrind(cmd, ROOT, env)
     try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
-            if match:
-                address = ("127.0.0.1", int(match.group(1)))
-                break
-        else:
-            raise RuntimeError("the server did not start under valgrind")
         result = {}
         for name, request in KINDS.items():
             drive(address, request, max(count // 10, 50))  # warm: caches filled, code paths taken once
