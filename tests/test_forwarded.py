@@ -20,7 +20,7 @@ from harness import both_listeners, require_tool
 from server.protocol import Limits, RequestParser
 from server.wsgi.environ import EnvironBuilder
 from server.wsgi.peer import PeerInfo, TLSFacts
-from server.wsgi.proxy import TrustedProxies
+from server.wsgi.proxy import TrustedProxies, is_plain_ipv4
 
 UNTRUSTED_PEER = PeerInfo("192.0.2.9", "5000")
 
@@ -166,7 +166,7 @@ def _client_the_long_way(networks: tuple[str, ...], peer: str, value: str) -> st
     "1.2.3.4, 10.1.2.3 127.0.0.1",
 ])
 def test_forwarded_for_fast_path_agrees_with_ipaddress(networks, value):
-    """Plain dotted IPv4 hops skip ipaddress (proxy._PLAIN_IPV4); the answer is the same as without the shortcut."""
+    """Plain dotted IPv4 hops skip ipaddress (proxy.is_plain_ipv4); the answer is the same as without the shortcut."""
     for peer in ("127.0.0.1", "10.1.2.3"):
         assert TrustedProxies(networks).client_of_trusted(peer, value) == _client_the_long_way(networks, peer, value)
 
@@ -236,3 +236,22 @@ def test_forged_line_from_a_trusted_peer_is_not_the_client(server_factory):
     assert status == 200 and json.loads(body)["remote_addr"] == "127.0.0.1"
     line = server.wait_for_line(r'"GET /who HTTP/1.1"').string
     assert line.startswith("127.0.0.1 - - [") and "/admin" not in line
+
+
+def test_plain_ipv4_accepts_exactly_what_ipaddress_calls_canonical():
+    """The C library's inet_pton, as proxy.is_plain_ipv4 uses it, against ipaddress on tricky and random texts."""
+    import ipaddress
+    import random
+
+    texts = ["0.0.0.0", "255.255.255.255", "256.0.0.0", "1.2.3", "1.2.3.4.5", "1..2.3", ".1.2.3", "1.2.3.",
+             "1.2.3.4 ", " 1.2.3.4", "1.2.3.4\n", "1.2.3.4\x00", "+1.2.3.4", "0x1.2.3.4", "1e1.2.3.4",
+             "\u0661.2.3.4", "\uff11.2.3.4", "1.2.3.4:80", "1.2.3.4/8", "", "."]
+    texts += [f"{octet}.9.9.9" for n in range(300) for octet in (str(n), f"0{n}", f"00{n}")]
+    rng = random.Random(24)
+    texts += ["".join(rng.choice("0123456789.") for _ in range(rng.randint(1, 16))) for _ in range(20000)]
+    for text in texts:
+        try:
+            canonical = str(ipaddress.IPv4Address(text)) == text
+        except ValueError:
+            canonical = False
+        assert is_plain_ipv4(text) is canonical, text
