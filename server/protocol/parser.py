@@ -292,6 +292,8 @@ class RequestParser:
             facts = NO_FIELDS
         elif memo is None:
             facts = read_block(block, limits)
+        elif block == memo.last_block:  # a keep-alive client's usual block: the memo's first layer, without a call
+            facts = memo.last_facts
         else:
             facts = memo.facts(block)
         headers, host, host_count, length_count, raw_length, codings, close, keep_alive_token, expect = facts
