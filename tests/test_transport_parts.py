@@ -190,10 +190,15 @@ def pair():
     theirs.close()
 
 
-def test_claim_leaves_a_note_that_keeps_the_owner(pair):
-    conn, _ = pair
-    assert conn.claim("a")
-    assert not conn.claim("b")  # owned: b leaves a note instead
+def test_an_arrival_for_an_owned_connection_leaves_a_note_that_keeps_the_owner(pair):
+    """The claim for a reported arrival is ``Reactor._take``'s: on a connection someone owns, it must
+    not serve, only leave the note that makes the owner read again."""
+    conn, theirs = pair
+    reactor = make_reactor(1)
+    theirs.sendall(get("/unread"))
+    assert conn.try_claim("a")
+    reactor._take(conn, reactor.seats[0], select.POLLIN)
+    assert conn.owner == "a" and conn.parser.buffered == 0  # nothing read by the second thread
     assert not conn.release()  # a finds the note and keeps the connection to read again
     assert conn.owner == "a"
     assert conn.release()
@@ -206,10 +211,21 @@ def test_a_hang_up_reported_to_a_thread_that_does_not_own_the_connection_reaches
     """Data and a FIN in one event, reported while another thread owns the connection: the owner must
     still read on to the EOF, for no further event will come."""
     conn, _ = pair
-    assert conn.claim("owner")
-    assert not conn.claim("leader", select.POLLIN | select.POLLRDHUP)
+    reactor = make_reactor(1)
+    assert conn.try_claim("owner")
+    reactor._take(conn, reactor.seats[0], select.POLLIN | select.POLLRDHUP)
     assert conn.hangup
     assert not conn.release()  # the note: read again, now knowing the EOF follows
+
+
+def test_an_arrival_for_a_free_connection_is_served_and_let_go(pair):
+    conn, theirs = pair
+    reactor = make_reactor(1)
+    reactor.table.add(conn)
+    theirs.sendall(get("/free"))
+    reactor._take(conn, reactor.seats[0], select.POLLIN)
+    assert read_answers(theirs, 1) == [b"/free"]
+    assert conn.owner is None and not conn.readable_again
 
 
 def test_clients_that_half_close_at_once_get_their_answer_and_then_the_close():
@@ -270,7 +286,7 @@ def test_the_batch_writes_held_answers_back_to_back_and_lets_them_go():
 
     batch = BatchWriter([seat], write)
     for number, conn in enumerate(conns):
-        assert conn.claim(seat)
+        assert conn.try_claim(seat)
         conn.send_response(b"answer %d;" % number)
         batch.hold(conn, seat)
     for _, theirs in pairs:

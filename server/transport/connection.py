@@ -3,16 +3,21 @@
 Ownership
 ---------
 A connection has exactly one owner at a time: the worker thread serving it, the batch of held
-answers it waits in (``batch.py``), or the main thread's sweep. Ownership is taken with ``claim``
-(or ``try_claim``) and given back with ``release``; those two methods are the only way it passes,
-and each takes and lets go of the connection's small lock on the calling thread, never across
-threads. Everything else in a connection is touched only by its owner.
+answers it waits in (``batch.py``), or the main thread's sweep. Ownership passes only under the
+connection's small ``lock``, taken and let go on the calling thread, never across threads:
 
-The edge-triggered poller reports an arrival once. If it comes while the connection is owned,
-``claim`` fails but leaves a note (``readable_again``) under the lock; the owner's ``release``
-finds the note under the same lock and keeps the connection to read again instead of letting go.
-So an arrival is never left unread, and the rule needs nothing from the GIL: the note and the
-owner are only read and written with the lock held.
+- a worker that is reported an arrival claims it in ``Reactor._take``, the hot path, where the
+  claim and the matching release are written out inline (reactor.py gives the figure);
+- the sweep takes it with ``try_claim``, only if nobody has it;
+- every other owner gives it back with ``release``.
+
+Everything else in a connection is touched only by its owner.
+
+The edge-triggered poller reports an arrival once. If it comes while the connection is owned, the
+claim fails but leaves a note (``readable_again``, and ``hangup`` for a FIN in the same event)
+under the lock; the owner's release finds the note under the same lock and keeps the connection
+to read again instead of letting go. So an arrival is never left unread, and the rule needs
+nothing from the GIL: the note and the owner are only read and written with the lock held.
 
 Output
 ------
@@ -129,25 +134,7 @@ class Connection:
         self.status = 0  # the last answer's status code and size, set by the WSGI runner (for metrics)
         self.answered = 0
 
-    # -- ownership: the only way it passes between threads --------------------------------------------
-
-    def claim(self, owner: object, hangup: int = 0) -> bool:
-        """Take the connection for ``owner``; if another has it, leave the note that it is readable again.
-
-        ``hangup`` (the poller's hang-up bits) goes into the note too: data and a FIN reported as one
-        event while someone else owns the connection must still make its owner read on to the EOF.
-        """
-        lock = self.lock
-        lock.acquire()  # not ``with``: its __exit__ call costs about 150 instructions per request, twice
-        if hangup:
-            self.hangup = True
-        if self.owner is None:
-            self.owner = owner
-            lock.release()
-            return True
-        self.readable_again = True
-        lock.release()
-        return False
+    # -- ownership (the claim for an arrival is Reactor._take's; see the module docstring) ------------
 
     def try_claim(self, owner: object) -> bool:
         """Take it only if nobody has it, leaving no note (the sweep: it has nothing to read)."""
