@@ -319,20 +319,13 @@ class Reactor:
         stats = seat.stats
         try:
             for _ in range(self.max_pipeline):
-                out = conn.out
-                if out and len(out) > HOLD_LIMIT and not conn.flush():
-                    # Backpressure: the client is not taking its answers, so the requests still buffered
-                    # wait until it has; what the connection keeps stays under HOLD_LIMIT plus one answer.
-                    conn.requests_waiting = True
-                    self.park(conn)
-                    return _PARKED
                 try:
                     request = parser.next_request()
                 except ProtocolError as exc:
                     return self.reject(conn, exc, now, seat)
                 if request is None:
                     break
-                if out:
+                if conn.out:
                     conn.flush()  # earlier pipelined answers go out before this request runs, however long
                 seat.busy_since = now
                 try:
@@ -348,6 +341,13 @@ class Reactor:
                 conn.head_started = None
                 if not keep:
                     return self._finish(conn, now)
+                if len(conn.out) > HOLD_LIMIT and not conn.flush():
+                    # Backpressure: the client is not taking its answers, so the requests still buffered
+                    # wait until it has; what the connection keeps stays under HOLD_LIMIT plus one answer.
+                    # (Checked after each answer, the one thing that grows ``out`` here.)
+                    conn.requests_waiting = True
+                    self.park(conn)
+                    return _PARKED
             else:
                 if parser.buffered:
                     conn.requests_waiting = True
