@@ -36,7 +36,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from .facts import HeaderFacts
+from .facts import Framing, HeaderFacts
 from .grammar import VALUE_CHAR
 
 SHAPES_PER_CONNECTION = 4
@@ -52,7 +52,7 @@ class BlockShape:
     __slots__ = ("fields", "framing", "pattern", "slots")
 
     def __init__(self, pattern: re.Pattern[str], fields: list[tuple[str, str]], slots: tuple[tuple[int, str], ...],
-                 framing: HeaderFacts) -> None:
+                 framing: Framing) -> None:
         self.pattern = pattern
         self.fields = fields  # the block's (name, value) pairs; the slots' entries are replaced per request
         self.slots = slots  # (index in fields, lower-case name) of each value group, in order
@@ -76,7 +76,7 @@ class BlockShape:
         else:
             for (index, name), value in zip(self.slots, values, strict=True):
                 headers[index] = (name, value.rstrip(" \t"))
-        return self.framing.with_fields(headers)
+        return HeaderFacts(headers, self.framing)
 
 
 def build_shape(lines: list[str], changed: tuple[int, ...], facts: HeaderFacts,
@@ -94,4 +94,4 @@ def build_shape(lines: list[str], changed: tuple[int, ...], facts: HeaderFacts,
             parts.append(re.escape(line) + r"\r\n")
     fields = facts.fields
     slots = tuple((index, fields[index][0]) for index in changed)
-    return BlockShape(compile_pattern("".join(parts)), fields.copy(), slots, facts)
+    return BlockShape(compile_pattern("".join(parts)), fields.copy(), slots, facts.framing)

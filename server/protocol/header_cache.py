@@ -95,12 +95,13 @@ class BlockMemo:
     Owned by one parser; only the thread that owns the parser's connection touches it.
     """
 
-    __slots__ = ("_cache", "_changed", "_last_lines", "_limits", "_shape", "_shapes_left", "last_block",
-                 "last_facts")
+    __slots__ = ("_cache", "_changed", "_last_lines", "_limits", "_max_field", "_shape", "_shapes_left",
+                 "last_block", "last_facts")
 
     def __init__(self, cache: HeaderCache) -> None:
         self._cache = cache
         self._limits = cache.limits
+        self._max_field = cache.limits.max_header_size  # a block no longer than this holds no field longer
         # The last block and its facts: the first layer, which the parser reads itself (parser.py,
         # ``_interpret``: a keep-alive GET costs about 450 instructions less without the call). The
         # parser only reads them; "" (no block yet, or the last was longer than REMEMBER_BLOCK) never
@@ -115,12 +116,14 @@ class BlockMemo:
         self._shapes_left = SHAPES_PER_CONNECTION
 
     def facts(self, block: str) -> HeaderFacts:
-        """The facts of a non-empty header block (its lines, each ending in CRLF), as ``read_block`` gives them."""
-        if block == self.last_block:
-            return self.last_facts
+        """The facts of a non-empty header block (its lines, each ending in CRLF), as ``read_block`` gives them.
+
+        The parser has already compared ``block`` with ``last_block`` (and takes ``last_facts`` itself
+        when they are equal), so this starts at the next layer. Given the last block anyway, the
+        layers below give equal facts.
+        """
         shape = self._shape
-        if shape is not None and len(block) <= self._limits.max_header_size and (
-                found := shape.pattern.fullmatch(block)):
+        if shape is not None and len(block) <= self._max_field and (found := shape.pattern.fullmatch(block)):
             # The lines that vary, in one pass; the memo of the last block stays as it was (a pair
             # that agree), since this block's lines are never split out.
             return shape.facts(found)
@@ -154,7 +157,7 @@ class BlockMemo:
         changed = list(map(ne, lines, self._last_lines))
         count = changed.count(True)
         headers = last.fields.copy()
-        max_field = self._limits.max_header_size
+        max_field = self._max_field
         framing = False
         i = -1
         at = []
@@ -171,7 +174,7 @@ class BlockMemo:
             headers[i] = field
         if framing:
             return field_facts(headers)
-        facts = last.with_fields(headers)
+        facts = HeaderFacts(headers, last.framing)
         shape = tuple(at)
         if shape == self._changed and self._shapes_left:
             self._shapes_left -= 1

@@ -296,8 +296,11 @@ class RequestParser:
             facts = memo.last_facts
         else:
             facts = memo.facts(block)
-        headers, host, host_count, length_count, raw_length, codings, close, keep_alive_token, expect = facts
-        expect_continue = expect and http11
+        headers = facts.fields
+        framing = facts.framing
+        host = framing.host
+        host_count = framing.host_count
+        expect_continue = framing.expect_continue and http11
 
         if host_count > 1:
             raise ProtocolError(400, "more than one Host header")
@@ -331,6 +334,8 @@ class RequestParser:
 
         chunked = False
         length = 0
+        codings = framing.codings
+        length_count = framing.length_count
         if codings is not None:
             if not http11:
                 raise ProtocolError(400, "Transfer-Encoding is not allowed in an HTTP/1.0 request")
@@ -341,6 +346,7 @@ class RequestParser:
         elif length_count:
             if length_count > 1:
                 raise ProtocolError(400, "more than one Content-Length header")
+            raw_length = framing.raw_length
             if not raw_length.isdigit() or not raw_length.isascii():
                 raise ProtocolError(400, f"Content-Length must be decimal digits, got {raw_length[:40]!r}")
             # Leading zeros add nothing (RFC 9110 8.6: 1*DIGIT); only the significant digits are bounded.
@@ -348,7 +354,7 @@ class RequestParser:
             if length > limits.max_body_size:
                 raise ProtocolError(413, f"request body is larger than {limits.max_body_size} bytes")
 
-        keep_alive = not close if http11 else (keep_alive_token and not close)
+        keep_alive = not framing.close if http11 else (framing.keep_alive and not framing.close)
         request = Request(method, target, path, query, "HTTP/1.1" if http11 else "HTTP/1.0", http11, headers,
                           host, scheme, keep_alive, expect_continue, chunked)
         if chunked:
