@@ -308,7 +308,7 @@ class Reactor:
             return self._finish(conn, now)
         parser.feed(data)
         outcome = self._serve(conn, now, seat)
-        if outcome == _DONE and (len(data) == _RECV_SIZE or conn.hangup):
+        if (len(data) == _RECV_SIZE or conn.hangup) and outcome == _DONE:
             return _AGAIN  # more may be waiting than one read took (or the EOF): read again after serving
         return outcome
 
