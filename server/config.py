@@ -47,6 +47,24 @@ def _positive_int(text: str) -> int:
     return value
 
 
+# Upper bounds for the two sizes a typo turns into an outage: 99999999 workers is a fork storm that
+# takes the machine down (tried: a load average of 2,600 before it was killed), 99999999999 threads a
+# list of seats that eats memory before the first thread starts. Far above any real need: a process
+# serves 10,000 idle connections with 8 threads, and the usual advice is 2-4 workers per core.
+MAX_THREADS = 4096
+MAX_WORKERS = 1024
+
+
+def _bounded_int(highest: int, why: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = _positive_int(text)
+        if value > highest:
+            raise ValueError(f"must be at most {highest} ({why}), got {value}")
+        return value
+
+    return parse
+
+
 def _non_negative_int(text: str) -> int:
     value = _int(text)
     if value < 0:
@@ -248,9 +266,11 @@ OPTIONS: tuple[Option, ...] = (
            group="listening"),
     Option("port", 8000, _port, "TCP port to bind; 0 picks a free one (the ready line shows it).", group="listening"),
     Option("app", "server.calculator:app", str, "WSGI application to serve, as module:callable.", group="application"),
-    Option("threads", 8, _positive_int, "Worker threads per process that run the application.", group="processes"),
-    Option("workers", 1, _positive_int,
-           "Processes; above 1 a master pre-forks them on one shared socket and replaces any that die.",
+    Option("threads", 8, _bounded_int(MAX_THREADS, "threads per process; idle connections need none"),
+           f"Worker threads per process that run the application (at most {MAX_THREADS}).", group="processes"),
+    Option("workers", 1, _bounded_int(MAX_WORKERS, "processes; the usual advice is 2-4 per core"),
+           f"Processes (at most {MAX_WORKERS}); above 1 a master pre-forks them on one shared socket and "
+           "replaces any that die.",
            group="processes"),
     Option("backlog", 2048, _backlog, "Listen backlog: connections the kernel queues before accept.",
            group="listening"),

@@ -72,6 +72,10 @@ def test_environment_sets_options_and_flags_win():
     (["--threads", "0"], {}, "--threads: '0': must be at least 1"),
     (["--port", "70000"], {}, "--port: '70000': port must be 0..65535"),
     (["--backlog", "99999999999"], {}, "--backlog: '99999999999': must be at most 2147483647"),  # listen(2): C int
+    # A typo must not become a fork storm or a list of seats that eats memory before the first thread.
+    (["--workers", "99999999"], {}, "--workers: '99999999': must be at most 1024"),
+    ([], {"CALC_WORKERS": "5000"}, "CALC_WORKERS='5000': must be at most 1024"),
+    (["--threads", "99999999999"], {}, "--threads: '99999999999': must be at most 4096"),
     (["--server-header", "a\r\nX-Injected: 1"], {}, "--server-header: 'a\\r\\nX-Injected: 1': must be printable ASCII"),
     ([], {"CALC_SERVER_HEADER": "a\nb"}, "CALC_SERVER_HEADER"),
     ([], {"CALC_WORKERS": "many"}, "CALC_WORKERS"),

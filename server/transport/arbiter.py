@@ -62,7 +62,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .. import errorlog
-from ..config import Settings
+from ..config import MAX_WORKERS, Settings
 from ..logfiles import LogFiles
 from .listener import Listener
 from .reloader import POLL_EVERY, SourceWatcher
@@ -280,8 +280,11 @@ class Arbiter:
             if signum == signal.SIGHUP:
                 self._reload("SIGHUP")
             elif signum == signal.SIGTTIN:
-                self.size += 1
-                _log(f"SIGTTIN: {self.size} workers")
+                if self.size < MAX_WORKERS:
+                    self.size += 1
+                    _log(f"SIGTTIN: {self.size} workers")
+                else:
+                    _log(f"SIGTTIN ignored: already {MAX_WORKERS} workers, the most --workers allows")
             elif signum == signal.SIGTTOU:
                 self.size = max(1, self.size - 1)
                 _log(f"SIGTTOU: {self.size} worker{'s' if self.size > 1 else ''}")
