@@ -16,7 +16,7 @@ from .certificates import TLSFiles, make_tls_files, make_tls_files_with
 from .client import RawClient, ReceiveQueue, fetch, get, read_to_eof
 from .nginx import NGINX_DEFAULTS, NGINX_TEMPLATE, NginxProxy, render_nginx_template, start_nginx
 from .parsers import PARSER_CACHES, parser_factory
-from .processes import proc_children, proc_cpu_seconds, proc_fds, proc_rss, proc_threads
+from .processes import proc_children, proc_cpu_seconds, proc_cpu_seconds_exact, proc_fds, proc_rss, proc_threads
 from .server import LISTENING, READY, ServerProcess, both_listeners, start_server
 from .stalling import StallingClients
 from .tools import IN_CI, ROOT, require_tool, wait_until
@@ -43,6 +43,7 @@ __all__ = [
     "parser_factory",
     "proc_children",
     "proc_cpu_seconds",
+    "proc_cpu_seconds_exact",
     "proc_fds",
     "proc_rss",
     "proc_threads",
