@@ -54,19 +54,12 @@ MATRIX_PYTEST_ARGS=(
     --ignore=tests/test_metadata.py
 )
 
-# What a lane leaves out on top of MATRIX_PYTEST_ARGS, on the free-threaded lane only:
-# - the test that scripts/test makes its venv from requirements-test.txt, since cryptography cannot
-#   be installed there (see matrix_env);
-# - two tests that failed there once each in a full CI run on this 2-core machine and passed on every
-#   other lane in the same run: the server-CPU ratio of a dripped head (measured 3.08x over TLS against
-#   a 2.6x bound; 3.13's free-threaded build is experimental and its per-byte cost is noisier), and
-#   SIGHUP under load (one answer fewer counted than sent: 556 of 557). The second may be a real race
-#   without the GIL and is left open for investigation; both still run on 3.11, 3.13, 3.14 and 3.15.
+# What a lane leaves out on top of MATRIX_PYTEST_ARGS: on the free-threaded lane, the test that
+# scripts/test makes its venv from requirements-test.txt, since cryptography cannot be installed
+# there (see matrix_env).
 matrix_pytest_extra() {
     case $1 in
-        *t) echo "--deselect=tests/test_cli.py::test_scripts_test_makes_and_reuses_its_own_virtual_environment" \
-                 "--deselect=tests/test_header_drip.py::test_dripped_head_costs_the_server_cpu_linear_in_its_size" \
-                 "--deselect=tests/test_arbiter.py::test_sighup_reloads_new_code_under_load_without_a_failed_request" ;;
+        *t) echo "--deselect=tests/test_cli.py::test_scripts_test_makes_and_reuses_its_own_virtual_environment" ;;
     esac
 }
 
