@@ -14,7 +14,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -32,12 +32,16 @@ from server.wsgi.proxy import TrustedProxies
 
 BIG = 64 << 10
 release_slow = threading.Event()
+while_serving: list[Callable[[], None]] = []  # what a test has happen while the application runs /hook
 
 
 def app(environ, start_response):
     path = environ["PATH_INFO"]
     if path == "/slow":
         release_slow.wait(10)
+    if path == "/hook":
+        for hook in while_serving:
+            hook()
     body = b"x" * BIG if path == "/big" else path.encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
@@ -216,6 +220,28 @@ def test_a_hang_up_reported_to_a_thread_that_does_not_own_the_connection_reaches
     reactor._take(conn, reactor.seats[0], select.POLLIN | select.POLLRDHUP)
     assert conn.hangup
     assert not conn.release()  # the note: read again, now knowing the EOF follows
+
+
+def test_a_note_left_while_serving_makes_the_owner_read_again_before_letting_go(pair):
+    """The release in ``Reactor._take``: a request that arrives while the owner is in the application,
+    reported to another thread (which can only leave the note), must be read and answered before the
+    owner lets go; nothing else will report it (edge-triggered)."""
+    conn, theirs = pair
+    reactor = make_reactor(2)
+    reactor.table.add(conn)
+
+    def arrival_meanwhile() -> None:
+        theirs.sendall(get("/second"))
+        reactor._take(conn, reactor.seats[1], select.POLLIN)  # the leader, told of it, finds conn owned
+
+    while_serving.append(arrival_meanwhile)
+    try:
+        theirs.sendall(get("/hook"))
+        reactor._take(conn, reactor.seats[0], select.POLLIN)
+    finally:
+        while_serving.clear()
+    assert conn.owner is None
+    assert read_answers(theirs, 2) == [b"/hook", b"/second"]
 
 
 def test_an_arrival_for_a_free_connection_is_served_and_let_go(pair):
