@@ -74,6 +74,8 @@ class LoadPool:
         self.answers: list[tuple[float, str, int]] = []  # (time, version, pid), in arrival order
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        # When the test told the server to stop (``stopping``): see _pipeliner for what that changes.
+        self.stopping_since: float | None = None
         self._threads = [threading.Thread(target=self._urllib3_client, args=(i,), daemon=True)
                          for i in range(urllib3_clients)]
         self._threads += [threading.Thread(target=self._pipeliner, args=(i, depth), daemon=True)
@@ -97,6 +99,10 @@ class LoadPool:
         target = len(self.answers) + answers
         wait_until(lambda: len(self.answers) >= target, timeout=timeout,
                    what=f"{answers} more answers (so far {dict(self.counts)}, failures {self.failures[:3]})")
+
+    def stopping(self) -> None:
+        """The test is about to stop the server: connections opened from now on may meet a closing listener."""
+        self.stopping_since = time.monotonic()
 
     def _count(self, what: str, n: int = 1) -> None:
         with self._lock:
@@ -159,9 +165,10 @@ class LoadPool:
                 client = None
                 self._count("reconnect-idle")
             if client is None:
+                opened = time.monotonic()
                 try:
                     client = RawClient(socket.create_connection(self.address, timeout=20))
-                except ConnectionRefusedError:
+                except (ConnectionRefusedError, ConnectionResetError):  # reset: in the window described below
                     self._count("refused")
                     time.sleep(0.05)
                     continue
@@ -183,8 +190,16 @@ class LoadPool:
                 try:
                     status, headers, body = client.read_response(timeout=20)
                 except OSError as exc:
-                    for lost in batch[answered:]:
-                        self._fail(f"{lost} (pipelined, {answered} of {len(batch)} answered): {exc!r}")
+                    late = self.stopping_since is not None and opened >= self.stopping_since
+                    if late and answered == 0 and isinstance(exc, ConnectionResetError):
+                        # A connection the kernel completed into the shared listen queue after the
+                        # last worker's final accept and before that worker closed the socket: the
+                        # kernel resets it, and no server process ever saw it (gunicorn and nginx
+                        # have the same window). To the client it is a refusal that came late.
+                        self._count("reset-late", len(batch))
+                    else:
+                        for lost in batch[answered:]:
+                            self._fail(f"{lost} (pipelined, {answered} of {len(batch)} answered): {exc!r}")
                     client.close()
                     client = None
                     break
@@ -205,7 +220,7 @@ class LoadPool:
     def unaccounted(self) -> int:
         """Requests sent that got neither an answer nor a failure (after ``stop``): 0 unless the pool lost one."""
         counts = self.counts
-        return counts["sent"] - counts["ok"] - counts["failed"] - counts["unresent"]
+        return counts["sent"] - counts["ok"] - counts["failed"] - counts["unresent"] - counts["reset-late"]
 
     def pids_since(self, start: int) -> set[int]:
         return {pid for _, _, pid in self.answers[start:]}
@@ -213,7 +228,8 @@ class LoadPool:
     def report(self, event: str, seconds: float) -> str:
         counts = self.counts
         line = (f"{event}: {counts['sent']} requests sent, {counts['ok']} answered, {counts['failed']} failed, "
-                f"{counts['resent']} resent after Connection: close, {counts['reconnect-idle']} idle reconnects; "
+                f"{counts['resent']} resent after Connection: close, {counts['reconnect-idle']} idle reconnects, "
+                f"{counts['reset-late']} reset by a closing listener; "
                 f"event took {seconds:.2f} s")
         print(line)
         return line
@@ -363,6 +379,7 @@ def test_sigterm_to_the_master_under_load_answers_everything_it_accepted(version
     server, workers = versioned("--workers", "2", "--graceful-timeout", "10")
     with LoadPool(server.address) as pool:
         pool.wait_for(500)
+        pool.stopping()
         signalled = time.monotonic()
         server.signal(signal.SIGTERM)
         code = server.proc.wait(timeout=20)
@@ -371,6 +388,10 @@ def test_sigterm_to_the_master_under_load_answers_everything_it_accepted(version
     pool.report("SIGTERM graceful shutdown", took)
     assert code == 0 and took < 10
     assert pool.counts["failed"] == 0, pool.failures
+    # A new connection reset before its first answer, after the stop: at most one batch per pipelining
+    # client (its next connect is refused). Anything the server accepted is counted above, strictly.
+    assert pool.counts["reset-late"] <= 8, dict(pool.counts)
+    assert pool.unaccounted() == 0, dict(pool.counts)
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
 
 

@@ -42,7 +42,7 @@ class EnvironBuilder:
             # set for each request; present here so that copying the dict sizes it for them
             "REQUEST_METHOD": "", "PATH_INFO": "", "QUERY_STRING": "", "SERVER_PROTOCOL": "", "REQUEST_URI": "",
             # The scheme is the listener's: "http" here, "https" on a TLS connection (peer.tls), or
-            # what a trusted proxy's X-Forwarded-Proto says (_forwarded). Never the request target's: an
+            # what a trusted proxy's X-Forwarded-Proto says (build). Never the request target's: an
             # absolute-form "GET https://host/ HTTP/1.1" on a plain port is still http (as gunicorn has it).
             "RAW_URI": "", "wsgi.input": None, "wsgi.url_scheme": "http", "REMOTE_ADDR": "", "REMOTE_PORT": "",
         }
