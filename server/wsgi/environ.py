@@ -49,6 +49,8 @@ class EnvironBuilder:
         # Every request adds HTTP_HOST at least, and a dict holding these 21 keys is full: the first
         # key added would make each request's copy grow its table. One key more and removed leaves the
         # base in the next size up with one unused entry, which dict.copy() still clones as it is.
+        # Figure (loadtest.instructions at eb53be5): keep-alive GET 79,231 -> 78,217 instructions per
+        # request, a proxied GET (the ids row) 96,113 -> 95,033.
         self.base["_room"] = None
         del self.base["_room"]
         # Header name (lower case) -> environ key, or "" for names the environ leaves out. Filled as
