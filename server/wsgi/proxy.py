@@ -131,7 +131,9 @@ class TrustedProxies:
         if "," not in forwarded_for:
             # The usual header, one plain address: it is the answer whether or not it is one of ours
             # (the walk would stop at it, or end with it), so no split and no trust check. (The ``in``
-            # test spares a header of several hops a failed test and its exception.)
+            # test spares a header of several hops a failed test and its exception.) This is
+            # is_plain_ipv4 written out: the call would cost about 350 of the ids row's instructions,
+            # behind nginx on every request.
             try:
                 inet_pton(AF_INET, forwarded_for)
             except (OSError, ValueError):
